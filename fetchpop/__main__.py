@@ -1,0 +1,5 @@
+"""Allow ``python -m fetchpop``."""
+
+from fetchpop.cli import main
+
+main()

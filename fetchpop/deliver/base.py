@@ -1,0 +1,51 @@
+"""The small interface every delivery target implements.
+
+A session asks a target for one :class:`Delivery` per message, streams the
+message into it chunk by chunk, then calls ``finish()``; after one or more
+finished deliveries it calls ``target.flush()``. Only after ``flush()`` returns
+is a finished message durable, and only then may the caller record it in the
+seen-store (and later DELE it). ``abort()`` removes every trace of an
+unfinished message.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+
+class Delivery(Protocol):
+    """One message on its way into a target."""
+
+    #: What crash recovery needs to find this message again later (for a
+    #: Maildir the unique file name, for an mbox the starting offset); set by
+    #: ``Target.begin`` before any byte is written.
+    intent: str
+
+    def write(self, chunk: bytes) -> None:
+        """Append *chunk* (LF line ends, already dot-unstuffed) to the message."""
+
+    def finish(self) -> None:
+        """Complete the message; durable after the target's next ``flush()``."""
+
+    def abort(self) -> None:
+        """Undo the message: nothing of it may remain where a mail reader looks."""
+
+
+class Target(Protocol):
+    """A Maildir, an mbox file or an MDA command."""
+
+    def begin(self, uidl: str) -> Delivery:
+        """Start delivering one message (*uidl* is for error messages only)."""
+
+    def flush(self) -> None:
+        """Make every finished delivery durable (fsync files and directories)."""
+
+    def close(self) -> None:
+        """Release locks and resources. Unfinished deliveries are aborted."""
+
+    def delivered(self, intent: str) -> bool | None:
+        """Crash recovery: is the message begun with *intent* durably here?
+
+        ``None`` means the target cannot tell (an MDA; an mbox whose tail
+        needs comparing with the server's copy).
+        """

@@ -1,0 +1,184 @@
+"""Every failure fetchpop knows by name, each carrying its exit status.
+
+The codes are the BSD sysexits(3) values that mpop and msmtp use, so a cron job
+or a systemd unit can tell "try again later" (75) from "fix the config" (78).
+Only ``fetchpop.cli`` turns these into an exit status; everything else raises.
+"""
+
+from __future__ import annotations
+
+import enum
+
+
+class ExitCode(enum.IntEnum):
+    """Exit statuses (sysexits.h), as documented in fetchpop(1)."""
+
+    OK = 0
+    USAGE = 64
+    NOHOST = 68
+    UNAVAILABLE = 69
+    SOFTWARE = 70
+    CANTCREAT = 73
+    IOERR = 74
+    TEMPFAIL = 75
+    PROTOCOL = 76
+    NOPERM = 77
+    CONFIG = 78
+    INTERRUPTED = 130
+    TERMINATED = 143
+
+
+_CONTROL = {c: "?" for c in range(0x20) if c != 0x09} | {0x7F: "?"}
+
+
+def sanitize(text: str | bytes, limit: int = 300) -> str:
+    """Make server- or peer-supplied text safe to print on a terminal.
+
+    Control characters (terminal escapes among them) become ``?`` and the text
+    is cut at *limit* characters, so a hostile server cannot paint the screen.
+    """
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", "replace")
+    text = text.translate(_CONTROL)
+    # C1 controls (U+0080..U+009F) also act as escapes on some terminals.
+    text = "".join("?" if 0x80 <= ord(ch) <= 0x9F else ch for ch in text)
+    if len(text) > limit:
+        text = text[:limit] + "..."
+    return text
+
+
+class FetchpopError(Exception):
+    """Base of every error fetchpop reports; ``exit_code`` says how it ends."""
+
+    exit_code: ExitCode = ExitCode.SOFTWARE
+
+
+class UsageError(FetchpopError):
+    """The command line is wrong."""
+
+    exit_code = ExitCode.USAGE
+
+
+class ConfigError(FetchpopError):
+    """The configuration file has one or more problems.
+
+    ``problems`` holds one line per problem, each naming the file, account and key.
+    """
+
+    exit_code = ExitCode.CONFIG
+
+    def __init__(self, problems: str | list[str]) -> None:
+        self.problems = [problems] if isinstance(problems, str) else list(problems)
+        super().__init__("\n".join(self.problems))
+
+
+class NoHostError(FetchpopError):
+    """The server's host name does not resolve."""
+
+    exit_code = ExitCode.NOHOST
+
+
+class UnavailableError(FetchpopError):
+    """The service cannot be used: TLS failed, or an insecure action was refused."""
+
+    exit_code = ExitCode.UNAVAILABLE
+
+
+class TLSError(UnavailableError):
+    """TLS could not be set up, or the server's certificate did not verify."""
+
+
+class InsecureError(UnavailableError):
+    """Going on would be insecure (for example, STARTTLS is not offered)."""
+
+
+class CapabilityError(UnavailableError):
+    """The server lacks something fetchpop needs (for example UIDL)."""
+
+
+class TempFailError(FetchpopError):
+    """A transient failure: worth trying again later."""
+
+    exit_code = ExitCode.TEMPFAIL
+
+
+class ConnectError(TempFailError):
+    """The TCP connection could not be made (refused, unreachable, timed out)."""
+
+
+class ServerTimeoutError(TempFailError):
+    """The server went silent for longer than the configured timeout."""
+
+
+class ConnectionLostError(TempFailError):
+    """The server closed or reset the connection unexpectedly."""
+
+
+class LockedError(TempFailError):
+    """Another fetchpop (or mail program) holds a lock we need."""
+
+
+class ServerError(FetchpopError):
+    """The server answered ``-ERR``; ``code`` is the RFC 2449 response code, if any."""
+
+    def __init__(self, message: str, code: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.exit_code = _code_exit(code)
+
+
+def _code_exit(code: str | None) -> ExitCode:
+    # RFC 2449 section 8 and RFC 3206: [IN-USE], [LOGIN-DELAY] and [SYS/TEMP]
+    # are transient; [AUTH] is a credentials problem; [SYS/PERM] is permanent.
+    if code is None:
+        return ExitCode.PROTOCOL
+    top = code.split("/", 1)[0].upper()
+    if top in ("IN-USE", "LOGIN-DELAY") or code.upper() == "SYS/TEMP":
+        return ExitCode.TEMPFAIL
+    if top == "AUTH":
+        return ExitCode.NOPERM
+    if code.upper() == "SYS/PERM":
+        return ExitCode.UNAVAILABLE
+    return ExitCode.PROTOCOL
+
+
+class AuthError(FetchpopError):
+    """Authentication failed, or no password could be had."""
+
+    exit_code = ExitCode.NOPERM
+
+
+class ProtocolError(FetchpopError):
+    """The server broke the POP3 protocol (a malformed, overlong or unexpected reply)."""
+
+    exit_code = ExitCode.PROTOCOL
+
+
+class LocalProtocolError(FetchpopError):
+    """fetchpop misused its own protocol state machine: a bug."""
+
+    exit_code = ExitCode.SOFTWARE
+
+
+class DeliveryError(FetchpopError):
+    """The delivery target cannot be created or written, or the MDA refused a message."""
+
+    exit_code = ExitCode.CANTCREAT
+
+
+class LocalIOError(FetchpopError):
+    """A local I/O error: disk full, seen-store unwritable, and the like."""
+
+    exit_code = ExitCode.IOERR
+
+
+class StoreError(LocalIOError):
+    """The seen-store cannot be opened, read or written."""
+
+
+class Interrupted(FetchpopError):
+    """SIGINT or SIGTERM arrived; the run stopped at a safe point."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__("interrupted by signal %d" % signum)
+        self.exit_code = ExitCode.INTERRUPTED if signum == 2 else ExitCode.TERMINATED
