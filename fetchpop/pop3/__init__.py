@@ -1,0 +1,1 @@
+"""POP3 for fetchpop: the sans-IO protocol, authentication, transport and client."""
