@@ -1,0 +1,333 @@
+"""A blocking POP3 client: the sans-IO protocol driven over a Transport.
+
+It knows POP3 and nothing of files, config or terminals. Messages are
+streamed to the caller chunk by chunk; with PIPELINING (RFC 2449 section 6.6)
+RETR and DELE go out in a bounded window so a long round trip is paid once per
+window, not once per message.
+"""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import Callable, Iterator, Sequence
+
+from fetchpop.errors import (
+    AuthError,
+    CapabilityError,
+    InsecureError,
+    ProtocolError,
+    ServerError,
+    TLSError,
+    sanitize,
+)
+from fetchpop.pop3 import auth
+from fetchpop.pop3.protocol import (
+    NEED_DATA,
+    Continuation,
+    Event,
+    Greeting,
+    Listing,
+    MessageData,
+    MessageEnd,
+    MessageStart,
+    POP3Protocol,
+    Reply,
+)
+from fetchpop.pop3.transport import Transport
+
+#: Outstanding commands at most, when the server allows pipelining.
+PIPELINE_WINDOW = 32
+#: RFC 5034 section 4: an AUTH command line must fit 255 octets, initial response included.
+MAX_AUTH_LINE = 255
+
+Log = Callable[[str], None]
+
+
+def _nolog(_: str) -> None:
+    pass
+
+
+def describe(reply: Reply) -> str:
+    """``-ERR [CODE] text`` as a user may see it, sanitised."""
+    return sanitize(("+OK " if reply.ok else "-ERR ").encode() + reply.text)
+
+
+def retr_limit(size: int | None) -> int | None:
+    """How many wire octets a RETR of a message of LIST size *size* may take.
+
+    Byte-stuffing can at most double a message; anything beyond that is a
+    server lying about sizes or sending an endless reply.
+    """
+    return None if size is None else 2 * size + 64 * 1024
+
+
+class Client:
+    """One POP3 session. Methods raise typed errors; ``-ERR`` becomes ServerError."""
+
+    def __init__(self, transport: Transport, *, log: Log | None = None) -> None:
+        self._t = transport
+        self._p = POP3Protocol()
+        self._log = log or _nolog
+        self.capabilities: dict[str, list[str]] | None = None
+        event = self._event()
+        assert isinstance(event, Greeting)
+        self.greeting = event
+        self._log("S: " + ("+OK " if event.ok else "-ERR ") + sanitize(event.text))
+        if not event.ok:
+            raise ServerError("server refused the connection: -ERR " + sanitize(event.text))
+
+    @property
+    def transport(self) -> Transport:
+        """The underlying connection (for TLS details)."""
+        return self._t
+
+    # -- plumbing --------------------------------------------------------------
+
+    def _event(self) -> Event:
+        while True:
+            event = self._p.next_event()
+            if event is not NEED_DATA:
+                return event
+            self._p.receive_data(self._t.recv())
+
+    def _send(self, data: bytes, shown: str | None = None) -> None:
+        for line in (shown if shown is not None else data.decode("utf-8", "replace")).splitlines():
+            self._log("C: " + line)
+        self._t.send(data)
+
+    def _reply(self) -> Reply:
+        event = self._event()
+        if not isinstance(event, Reply):
+            raise ProtocolError(f"unexpected {type(event).__name__} from server")
+        self._log("S: " + describe(event))
+        return event
+
+    def command(self, name: str, *args: str, shown: str | None = None) -> Reply:
+        """Send a single-line command and return its ``+OK`` reply (or raise)."""
+        self._send(self._p.send(name, *args), shown)
+        reply = self._reply()
+        if not reply.ok:
+            raise ServerError(f"{name} failed: {describe(reply)}", reply.code)
+        return reply
+
+    def _listing(self, name: str) -> Listing | Reply:
+        self._send(self._p.send(name))
+        event = self._event()
+        if isinstance(event, Listing):
+            self._log(f"S: +OK {sanitize(event.text)} [{len(event.lines)} lines]")
+            return event
+        if isinstance(event, Reply):
+            self._log("S: " + describe(event))
+            return event
+        raise ProtocolError(f"unexpected {type(event).__name__} from server")
+
+    # -- session set-up --------------------------------------------------------
+
+    def capa(self) -> dict[str, list[str]] | None:
+        """Ask CAPA (RFC 2449); None when the server does not know the command."""
+        result = self._listing("CAPA")
+        if isinstance(result, Reply):
+            self.capabilities = None
+            return None
+        caps: dict[str, list[str]] = {}
+        for line in result.lines:
+            words = line.decode("ascii", "replace").split()
+            if words:
+                caps[words[0].upper()] = words[1:]
+        self.capabilities = caps
+        return caps
+
+    def has(self, capability: str) -> bool:
+        """Whether the last CAPA listed *capability*."""
+        return self.capabilities is not None and capability.upper() in self.capabilities
+
+    def stls(self, context: ssl.SSLContext, pinned: str | None = None) -> None:
+        """Upgrade with STLS (RFC 2595 section 4). Never falls back to clear text."""
+        if self.capabilities is not None and not self.has("STLS"):
+            raise InsecureError("server does not offer STLS; refusing to go on without TLS")
+        self._send(self._p.send("STLS"))
+        try:
+            reply = self._reply()
+        except ProtocolError as exc:
+            raise TLSError(f"STARTTLS failed: {exc}") from exc
+        if not reply.ok:
+            raise InsecureError(f"server refused STLS ({describe(reply)}); refusing to go on")
+        self._t.start_tls(context, pinned)
+        # RFC 2595 section 4: forget what was learnt before TLS.
+        self.capabilities = None
+
+    def user_pass(self, user: str, password: str) -> None:
+        """USER/PASS login (RFC 1939 section 7)."""
+        try:
+            self.command("USER", user)
+            self.command("PASS", password, shown="PASS ***")
+        except ServerError as exc:
+            raise AuthError(f"authentication failed: {_server_words(exc)}") from exc
+
+    def apop(self, user: str, password: str) -> None:
+        """APOP login with the greeting's timestamp (RFC 1939 section 7)."""
+        stamp = self.greeting.timestamp
+        if stamp is None:
+            raise CapabilityError("server does not offer APOP (no timestamp in its greeting)")
+        digest = auth.apop_digest(stamp, password)
+        try:
+            self.command("APOP", user, digest, shown=f"APOP {user} ***")
+        except ServerError as exc:
+            raise AuthError(f"authentication failed: {_server_words(exc)}") from exc
+
+    def sasl(self, mech: auth.SASLMechanism) -> None:
+        """Run an AUTH exchange (RFC 5034) with *mech*."""
+        initial = mech.initial_response()
+        args = [mech.name]
+        if initial is not None:
+            encoded = auth.encode_b64(initial).decode("ascii") if initial else "="
+            if len("AUTH ") + len(mech.name) + 1 + len(encoded) + 2 <= MAX_AUTH_LINE:
+                args.append(encoded)
+                initial = None
+        self._send(self._p.send("AUTH", *args), f"AUTH {mech.name}" + (" ***" if args[1:] else ""))
+        while True:
+            event = self._event()
+            if isinstance(event, Continuation):
+                self._log("S: + ***")
+                if initial is not None:
+                    # The initial response did not fit the AUTH line: send it now.
+                    answer, initial = initial, None
+                else:
+                    answer = mech.respond(auth.decode_b64(event.payload))
+                self._send(self._p.send_sasl(auth.encode_b64(answer)), "***")
+                continue
+            if not isinstance(event, Reply):
+                raise ProtocolError(f"unexpected {type(event).__name__} during AUTH")
+            self._log("S: " + describe(event))
+            if not event.ok:
+                detail = mech.error_detail()
+                words = describe(event) + (f" ({detail})" if detail else "")
+                raise AuthError(f"authentication failed: {words}")
+            mech.verify_final(event.text)
+            return
+
+    # -- transactions ----------------------------------------------------------
+
+    def stat(self) -> tuple[int, int]:
+        """STAT: (message count, maildrop octets)."""
+        words = self.command("STAT").text.split()
+        try:
+            return int(words[0]), int(words[1])
+        except (IndexError, ValueError):
+            raise ProtocolError("malformed STAT reply") from None
+
+    def uidl(self) -> list[tuple[int, str]]:
+        """UIDL listing as (message number, unique id); CapabilityError without UIDL."""
+        result = self._listing("UIDL")
+        if isinstance(result, Reply):
+            raise CapabilityError(
+                "server does not support UIDL, so fetchpop cannot tell new mail from old: "
+                + describe(result)
+            )
+        out = []
+        for line in result.lines:
+            parts = line.split(None, 1)
+            if len(parts) != 2 or not parts[0].isdigit():
+                raise ProtocolError("malformed UIDL line: " + sanitize(line, 80))
+            # RFC 1939: unique-ids are 1-70 characters in 0x21..0x7E; latin-1
+            # keeps whatever a quirky server sends, byte for byte.
+            uid = parts[1].strip()
+            if not uid:
+                raise ProtocolError("empty unique id in UIDL listing")
+            out.append((int(parts[0]), uid.decode("latin-1")))
+        return out
+
+    def list(self) -> dict[int, int]:
+        """LIST listing: message number -> size in octets."""
+        result = self._listing("LIST")
+        if isinstance(result, Reply):
+            raise ServerError("LIST failed: " + describe(result), result.code)
+        sizes = {}
+        for line in result.lines:
+            parts = line.split()
+            if len(parts) < 2 or not parts[0].isdigit() or not parts[1].isdigit():
+                raise ProtocolError("malformed LIST line: " + sanitize(line, 80))
+            sizes[int(parts[0])] = int(parts[1])
+        return sizes
+
+    def retrieve(
+        self, messages: Sequence[tuple[int, int | None]], *, window: int = 1
+    ) -> Iterator[tuple[int, Iterator[bytes] | Reply]]:
+        """RETR each (number, size) in turn, at most *window* outstanding.
+
+        Yields (number, chunks) where *chunks* must be read to the end before
+        the next item, or (number, reply) when the server answered ``-ERR``.
+        """
+        sent = 0
+
+        def fill() -> None:
+            nonlocal sent
+            out = []
+            while sent < len(messages) and self._p.pending < window:
+                num, size = messages[sent]
+                out.append(self._p.send("RETR", str(num), max_octets=retr_limit(size)))
+                sent += 1
+            if out:
+                self._send(b"".join(out))
+
+        for num, _ in messages:
+            fill()
+            event = self._event()
+            if isinstance(event, Reply):
+                self._log("S: " + describe(event))
+                yield num, event
+                continue
+            if not isinstance(event, MessageStart):
+                raise ProtocolError(f"unexpected {type(event).__name__} in reply to RETR")
+            self._log(f"S: +OK {sanitize(event.text)}")
+            chunks = self._chunks()
+            yield num, chunks
+            for _ in chunks:  # the caller stopped early: skip the rest
+                pass
+
+    def _chunks(self) -> Iterator[bytes]:
+        while True:
+            event = self._event()
+            if isinstance(event, MessageData):
+                yield event.data
+            elif isinstance(event, MessageEnd):
+                self._log(f"S: [{event.octets} octets]")
+                return
+            else:
+                raise ProtocolError(f"unexpected {type(event).__name__} inside a message")
+
+    def delete(self, numbers: Sequence[int], *, window: int = 1) -> list[tuple[int, Reply]]:
+        """DELE each message, pipelined; returns the ones the server refused."""
+        refused = []
+        pos = 0
+        for i in range(len(numbers)):
+            out = []
+            while pos < len(numbers) and self._p.pending < window:
+                out.append(self._p.send("DELE", str(numbers[pos])))
+                pos += 1
+            if out:
+                self._send(b"".join(out))
+            reply = self._reply()
+            if not reply.ok:
+                refused.append((numbers[i], reply))
+        return refused
+
+    def quit(self) -> bool:
+        """QUIT; True when the server confirmed (its deletions are then done)."""
+        try:
+            self._send(self._p.send("QUIT"))
+            reply = self._reply()
+        finally:
+            self.close()
+        if not reply.ok:
+            raise ServerError("QUIT failed, deletions not done: " + describe(reply), reply.code)
+        return True
+
+    def close(self) -> None:
+        """Drop the connection."""
+        self._t.close()
+
+
+def _server_words(exc: ServerError) -> str:
+    text = str(exc)
+    return text.split(": ", 1)[1] if ": " in text else text

@@ -1,0 +1,362 @@
+"""POP3 client protocol, sans-IO: bytes in, events out; commands in, bytes out.
+
+Strategy (RFC 1939 section 3, RFC 2449 sections 6.6 and 8):
+
+* Every command we send queues one *expectation*; replies are matched to
+  expectations first-in, first-out. That is all PIPELINING needs: the caller
+  may send several commands before reading, and the replies come back as a
+  stream of events in the same order.
+* A reply's status line starts with ``+OK`` or ``-ERR``. ``-ERR`` may carry an
+  RFC 2449 response code in brackets (``[IN-USE]``), which becomes data.
+* Multi-line replies end with a line holding a single ``.``; lines that start
+  with ``.`` were "byte-stuffed" by the server and lose that dot here.
+  Listings (CAPA, LIST, UIDL) are collected as lines under a size limit.
+  Messages (RETR, TOP) are never collected: they come out as
+  :class:`MessageData` chunks with CRLF turned into LF, worked on a buffer at a
+  time with ``bytes.replace``, not a Python object per line.
+* A server that ends lines with a bare LF is tolerated; anything else that
+  does not parse is a :class:`~fetchpop.errors.ProtocolError`, after which the
+  connection is in a terminal error state. No input makes this module hang:
+  every buffer it keeps is bounded.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import enum
+import re
+
+from fetchpop.errors import ConnectionLostError, LocalProtocolError, ProtocolError, sanitize
+
+#: RFC 2449 section 4 allows 512 octets for a status line; real servers send
+#: longer texts, so we accept more, but not without bound.
+MAX_STATUS_LINE = 4096
+#: Lines of CAPA/LIST/UIDL listings (a UIDL is at most 70 characters).
+MAX_LISTING_LINE = 4096
+#: A UIDL listing of 100,000 messages is about 8 MB.
+MAX_LISTING_SIZE = 64 * 1024 * 1024
+#: How much of a message line we buffer before streaming part of it.
+MESSAGE_CHUNK = 256 * 1024
+
+
+class Kind(enum.Enum):
+    """What shape of reply a command gets."""
+
+    SINGLE = "single"  # one status line
+    LISTING = "listing"  # status line, then lines collected until "."
+    MESSAGE = "message"  # status line, then streamed data until "."
+    SASL = "sasl"  # "+ challenge" lines until a final status line
+
+
+@dataclasses.dataclass(frozen=True)
+class Greeting:
+    """The server's first line. ``timestamp`` is the APOP challenge, if any."""
+
+    ok: bool
+    text: bytes
+    timestamp: bytes | None
+
+
+@dataclasses.dataclass(frozen=True)
+class Reply:
+    """A status line: the whole reply to a single-line command, or a failed
+    multi-line one. ``code`` is the RFC 2449 response code (``"IN-USE"``)."""
+
+    command: str
+    ok: bool
+    text: bytes
+    code: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Listing:
+    """A successful CAPA, LIST or UIDL: its lines, unstuffed, without line ends."""
+
+    command: str
+    text: bytes
+    lines: list[bytes]
+
+
+@dataclasses.dataclass(frozen=True)
+class MessageStart:
+    """The ``+OK`` of a RETR or TOP; data events follow."""
+
+    command: str
+    text: bytes
+
+
+@dataclasses.dataclass(frozen=True)
+class MessageData:
+    """A piece of a message: dot-unstuffed, LF line ends."""
+
+    data: bytes
+
+
+@dataclasses.dataclass(frozen=True)
+class MessageEnd:
+    """The terminating ``.`` of a message; ``octets`` counts the wire bytes."""
+
+    octets: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Continuation:
+    """A SASL challenge line (``+ base64``), RFC 5034 section 4."""
+
+    payload: bytes
+
+
+Event = Greeting | Reply | Listing | MessageStart | MessageData | MessageEnd | Continuation
+
+
+class _NeedData(enum.Enum):
+    NEED_DATA = "NEED_DATA"
+
+
+NEED_DATA = _NeedData.NEED_DATA
+
+#: Commands whose reply is multi-line (when given no argument, for LIST/UIDL).
+_LISTINGS = frozenset({"CAPA", "LIST", "UIDL"})
+_MESSAGES = frozenset({"RETR", "TOP"})
+
+_CODE = re.compile(rb"^\[([^\]\r\n]{1,64})\]\s*")
+# RFC 1939 section 7: the APOP timestamp is an RFC 822 msg-id in the greeting.
+_TIMESTAMP = re.compile(rb"<[\x21-\x3b\x3d\x3f-\x7e]+@[\x21-\x3b\x3d\x3f-\x7e]+>")
+
+
+@dataclasses.dataclass
+class _Expect:
+    command: str
+    kind: Kind
+    max_octets: int | None = None
+
+
+class POP3Protocol:
+    """The client side of one POP3 connection, without any I/O.
+
+    Feed the server's bytes to :meth:`receive_data` (``b""`` at end of file) and
+    take events from :meth:`next_event` until it returns :data:`NEED_DATA`.
+    :meth:`send` returns the bytes of a command to write to the server.
+    """
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+        self._eof = False
+        self._expect: collections.deque[_Expect] = collections.deque(
+            [_Expect("greeting", Kind.SINGLE)]
+        )
+        self._errored = False
+        # Per-reply state for multi-line replies.
+        self._in_body = False
+        self._bol = True
+        self._octets = 0
+        self._lines: list[bytes] = []
+        self._listing_size = 0
+        self._listing_text = b""
+        self._after_stls = False
+
+    # -- sending ---------------------------------------------------------------
+
+    @property
+    def pending(self) -> int:
+        """How many replies are still expected (the pipelining depth)."""
+        return len(self._expect)
+
+    def send(self, command: str, *args: str, max_octets: int | None = None) -> bytes:
+        """Queue the reply expectation for *command* and return its wire bytes.
+
+        *max_octets* bounds a RETR/TOP reply: a server that sends more is
+        lying about the size (or endless) and gets a ProtocolError.
+        """
+        self._check_usable()
+        name = command.upper()
+        if name == "AUTH":
+            kind = Kind.SASL
+        elif name in _MESSAGES:
+            kind = Kind.MESSAGE
+        elif name in _LISTINGS and not (name != "CAPA" and args):
+            kind = Kind.LISTING
+        else:
+            kind = Kind.SINGLE
+        line = " ".join((name, *args)).encode("utf-8")
+        if b"\r" in line or b"\n" in line or len(line) > 255 * 2:
+            raise LocalProtocolError("refusing to send a malformed command line")
+        self._expect.append(_Expect(name, kind, max_octets))
+        return line + b"\r\n"
+
+    def send_sasl(self, payload: bytes) -> bytes:
+        """Bytes answering a SASL challenge (already base64, or ``*`` to cancel)."""
+        self._check_usable()
+        if not self._expect or self._expect[0].kind is not Kind.SASL:
+            raise LocalProtocolError("no SASL exchange in progress")
+        return payload + b"\r\n"
+
+    # -- receiving -------------------------------------------------------------
+
+    def receive_data(self, data: bytes) -> None:
+        """Add bytes from the server; ``b""`` means the server closed the connection."""
+        if data:
+            if self._eof:
+                raise LocalProtocolError("data after end of file")
+            self._buf += data
+        else:
+            self._eof = True
+
+    def next_event(self) -> Event | _NeedData:
+        """The next complete event, or NEED_DATA. Raises ProtocolError on bad input."""
+        self._check_usable()
+        try:
+            event = self._next()
+        except ProtocolError:
+            self._errored = True
+            raise
+        if event is NEED_DATA and self._eof and self._expect:
+            self._errored = True
+            raise ConnectionLostError(
+                    "connection closed by server while waiting for reply to "
+                    + self._expect[0].command
+                )
+        return event
+
+    def _check_usable(self) -> None:
+        if self._errored:
+            raise LocalProtocolError("connection is in an error state")
+
+    def _next(self) -> Event | _NeedData:
+        if not self._expect:
+            if self._buf:
+                raise ProtocolError(
+                    "server sent data nobody asked for: " + _show(bytes(self._buf[:80]))
+                )
+            return NEED_DATA
+        exp = self._expect[0]
+        if self._in_body:
+            return self._body(exp)
+        line = self._take_line(MAX_STATUS_LINE, exp.command)
+        if line is None:
+            return NEED_DATA
+        if exp.kind is Kind.SASL and line[:1] == b"+" and line[:3].upper() != b"+OK":
+            # RFC 5034 section 4: "+" SP base64 (some servers omit the space).
+            return Continuation(line[1:].strip())
+        ok, text, code = self._status(line, exp.command)
+        if exp.command == "greeting":
+            self._expect.popleft()
+            match = _TIMESTAMP.search(text) if ok else None
+            return Greeting(ok, text, match.group(0) if match else None)
+        if ok and exp.kind in (Kind.LISTING, Kind.MESSAGE):
+            self._in_body = True
+            self._bol = True
+            self._octets = 0
+            if exp.kind is Kind.MESSAGE:
+                return MessageStart(exp.command, text)
+            self._lines = []
+            self._listing_size = 0
+            self._listing_text = text
+            return self._body(exp)
+        self._expect.popleft()
+        if ok and exp.command == "STLS" and self._buf:
+            # RFC 2595 section 3.1 / CVE-2021-39272 class: nothing may come
+            # between the STLS reply and the TLS handshake.
+            raise ProtocolError("server sent data after STLS +OK, before TLS (injection attempt?)")
+        return Reply(exp.command, ok, text, code)
+
+    def _take_line(self, limit: int, what: str) -> bytes | None:
+        end = self._buf.find(b"\n", 0, limit + 1)
+        if end < 0:
+            if len(self._buf) > limit:
+                raise ProtocolError(f"reply to {what} is longer than {limit} bytes")
+            return None
+        line = bytes(self._buf[:end])
+        del self._buf[: end + 1]
+        return line[:-1] if line.endswith(b"\r") else line
+
+    @staticmethod
+    def _status(line: bytes, what: str) -> tuple[bool, bytes, str | None]:
+        head = line[:4].upper()
+        if head[:3] == b"+OK" and line[3:4] in (b"", b" ", b"\t"):
+            return True, line[4:], None
+        if head == b"-ERR" and line[4:5] in (b"", b" ", b"\t"):
+            text = line[5:]
+            match = _CODE.match(text)
+            code = match.group(1).decode("ascii", "replace") if match else None
+            return False, line[5:], code
+        raise ProtocolError(f"unexpected reply to {what}: {_show(line)}")
+
+    def _body(self, exp: _Expect) -> Event | _NeedData:
+        if exp.kind is Kind.LISTING:
+            return self._listing(exp)
+        return self._message(exp)
+
+    def _listing(self, exp: _Expect) -> Event | _NeedData:
+        while True:
+            line = self._take_line(MAX_LISTING_LINE, exp.command)
+            if line is None:
+                return NEED_DATA
+            if line == b".":
+                self._in_body = False
+                self._expect.popleft()
+                lines, self._lines = self._lines, []
+                return Listing(exp.command, self._listing_text, lines)
+            if line.startswith(b"."):
+                line = line[1:]
+            self._listing_size += len(line) + 2
+            if self._listing_size > MAX_LISTING_SIZE:
+                raise ProtocolError(f"reply to {exp.command} exceeds {MAX_LISTING_SIZE} bytes")
+            self._lines.append(line)
+
+    def _message(self, exp: _Expect) -> Event | _NeedData:
+        buf = self._buf
+        if not buf:
+            return NEED_DATA
+        if self._bol and buf[:1] == b".":
+            # A line starting with "." is either the terminator or stuffed.
+            if buf[:3] == b".\r\n" or buf[:2] == b".\n":
+                size = 3 if buf[:3] == b".\r\n" else 2
+                del buf[:size]
+                self._octets += size
+                self._in_body = False
+                self._expect.popleft()
+                return MessageEnd(self._octets)
+            if len(buf) < 3 and (buf == b"." or buf == b".\r"):
+                return NEED_DATA
+        # The earliest terminator inside the buffer bounds this chunk.
+        stop = _find_terminator(buf)
+        if stop < 0:
+            stop = buf.rfind(b"\n") + 1
+        if stop == 0:
+            if len(buf) < MESSAGE_CHUNK:
+                return NEED_DATA
+            # An overlong line: stream all of it we can, keeping a trailing CR
+            # that may start a CRLF.
+            stop = len(buf) - 1 if buf.endswith(b"\r") else len(buf)
+        chunk = bytes(buf[:stop])
+        del buf[:stop]
+        self._octets += len(chunk)
+        if exp.max_octets is not None and self._octets > exp.max_octets:
+            raise ProtocolError(
+                f"reply to {exp.command} is larger than the {exp.max_octets} octets announced"
+            )
+        data = _unstuff(chunk, self._bol)
+        self._bol = chunk.endswith(b"\n")
+        return MessageData(data)
+
+
+def _find_terminator(buf: bytearray) -> int:
+    """Index just past the last line before a terminating ".", or -1."""
+    crlf = buf.find(b"\n.\r\n")
+    lf = buf.find(b"\n.\n")
+    found = [i for i in (crlf, lf) if i >= 0]
+    return min(found) + 1 if found else -1
+
+
+def _unstuff(chunk: bytes, bol: bool) -> bytes:
+    # RFC 1939 section 3: a line starting with "." had one prepended.
+    if bol and chunk.startswith(b"."):
+        chunk = chunk[1:]
+    chunk = chunk.replace(b"\n.", b"\n")
+    return chunk.replace(b"\r\n", b"\n")
+
+
+def _show(line: bytes) -> str:
+    return repr(sanitize(line, 120))

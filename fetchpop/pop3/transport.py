@@ -1,0 +1,238 @@
+"""The only module that touches sockets and ssl.
+
+TLS policy (RFC 8314 section 5, RFC 2595 section 2.4): certificates are
+verified against the system store plus an optional ``ca_file``, the host name
+is checked, and TLS 1.2 is the minimum. A pinned SHA-256 fingerprint replaces
+CA trust; it is compared right after the handshake, before a single command,
+let alone a credential, is sent.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import hashlib
+import hmac
+import socket
+import ssl
+from pathlib import Path
+
+from fetchpop.errors import (
+    ConnectError,
+    ConnectionLostError,
+    NoHostError,
+    ServerTimeoutError,
+    TLSError,
+)
+
+READ_SIZE = 256 * 1024
+
+
+@dataclasses.dataclass(frozen=True)
+class TLSInfo:
+    """What ``serverinfo`` shows about an established TLS session."""
+
+    version: str
+    cipher: str
+    fingerprint: str  # "sha256:AB:CD:..."
+    subject: str
+    issuer: str
+    not_after: str
+
+
+def make_ssl_context(ca_file: Path | None = None, pinned: str | None = None) -> ssl.SSLContext:
+    """A client context: verified against system CAs plus *ca_file*, TLS >= 1.2.
+
+    With *pinned* (64 hex digits), CA trust and host name checks are replaced by
+    comparing the certificate's SHA-256 digest after the handshake.
+    """
+    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    if pinned:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    elif ca_file is not None:
+        try:
+            ctx.load_verify_locations(cafile=str(ca_file))
+        except (OSError, ssl.SSLError) as exc:
+            raise TLSError(f"cannot load ca_file {ca_file}: {exc}") from exc
+    return ctx
+
+
+def format_fingerprint(der: bytes) -> str:
+    """``sha256:AB:CD:...`` for a DER certificate, as ``tls_fingerprint`` takes it."""
+    digest = hashlib.sha256(der).hexdigest().upper()
+    return "sha256:" + ":".join(digest[i : i + 2] for i in range(0, len(digest), 2))
+
+
+class Transport:
+    """A connected socket (plain or TLS) with a per-read timeout."""
+
+    def __init__(self, sock: socket.socket, host: str, timeout: float) -> None:
+        self._sock = sock
+        self.host = host
+        self.timeout = timeout
+        sock.settimeout(timeout)
+
+    @classmethod
+    def connect(
+        cls,
+        host: str,
+        port: int,
+        *,
+        timeout: float,
+        tls: ssl.SSLContext | None = None,
+        pinned: str | None = None,
+    ) -> Transport:
+        """Connect over TCP, then (with *tls*) do an implicit-TLS handshake."""
+        try:
+            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except socket.gaierror as exc:
+            if exc.errno in (socket.EAI_AGAIN,):
+                raise ConnectError(f"cannot resolve {host} now: {exc.strerror}") from exc
+            raise NoHostError(f"host name {host} does not resolve") from exc
+        last: OSError | None = None
+        for family, kind, proto, _, addr in infos:
+            sock = socket.socket(family, kind, proto)
+            sock.settimeout(timeout)
+            try:
+                sock.connect(addr)
+            except OSError as exc:
+                sock.close()
+                last = exc
+                continue
+            transport = cls(sock, host, timeout)
+            if tls is not None:
+                transport.start_tls(tls, pinned)
+            return transport
+        reason = _reason(last) if last else "no address"
+        raise ConnectError(f"cannot connect to {host} port {port}: {reason}")
+
+    def start_tls(self, context: ssl.SSLContext, pinned: str | None = None) -> None:
+        """Wrap the socket in TLS and verify the peer (by CA or by pin)."""
+        try:
+            self._sock = context.wrap_socket(
+                self._sock, server_hostname=self.host, do_handshake_on_connect=False
+            )
+            self._sock.settimeout(self.timeout)
+            self._sock.do_handshake()
+        except ssl.SSLCertVerificationError as exc:
+            self.close()
+            raise TLSError(
+                f"TLS certificate of {self.host} did not verify: {exc.verify_message}"
+            ) from exc
+        except (ssl.SSLError, TimeoutError, OSError) as exc:
+            self.close()
+            what = "timed out" if isinstance(exc, TimeoutError) else _reason(exc)
+            raise TLSError(f"TLS handshake with {self.host} failed: {what}") from exc
+        if pinned:
+            der = self.peer_certificate()
+            if der is None or not hmac.compare_digest(
+                hashlib.sha256(der).hexdigest(), pinned.lower()
+            ):
+                got = format_fingerprint(der) if der else "none"
+                self.close()
+                raise TLSError(
+                    f"TLS certificate of {self.host} does not match tls_fingerprint (got {got})"
+                )
+
+    @property
+    def is_tls(self) -> bool:
+        """Whether the connection is encrypted now."""
+        return isinstance(self._sock, ssl.SSLSocket)
+
+    def peer_certificate(self) -> bytes | None:
+        """The server's certificate in DER form, when on TLS."""
+        if isinstance(self._sock, ssl.SSLSocket):
+            return self._sock.getpeercert(binary_form=True)
+        return None
+
+    def tls_info(self) -> TLSInfo | None:
+        """Version, cipher and certificate details of the TLS session."""
+        sock = self._sock
+        if not isinstance(sock, ssl.SSLSocket):
+            return None
+        der = sock.getpeercert(binary_form=True) or b""
+        details = _decode_cert(der)
+        cipher = sock.cipher()
+        return TLSInfo(
+            version=sock.version() or "?",
+            cipher=cipher[0] if cipher else "?",
+            fingerprint=format_fingerprint(der),
+            subject=details.get("subject", "?"),
+            issuer=details.get("issuer", "?"),
+            not_after=details.get("notAfter", "?"),
+        )
+
+    def send(self, data: bytes) -> None:
+        """Write all of *data*."""
+        try:
+            self._sock.sendall(data)
+        except TimeoutError as exc:
+            raise ServerTimeoutError(
+                f"server {self.host} stopped reading for {self.timeout:g} s"
+            ) from exc
+        except OSError as exc:
+            raise ConnectionLostError(f"connection to {self.host} lost: {_reason(exc)}") from exc
+
+    def recv(self) -> bytes:
+        """Read what is there (``b""`` at end of file), waiting at most the timeout."""
+        try:
+            return self._sock.recv(READ_SIZE)
+        except TimeoutError as exc:
+            raise ServerTimeoutError(
+                f"no reply from {self.host} for {self.timeout:g} s"
+            ) from exc
+        except ssl.SSLError as exc:
+            raise ConnectionLostError(f"TLS error from {self.host}: {_reason(exc)}") from exc
+        except OSError as exc:
+            raise ConnectionLostError(f"connection to {self.host} lost: {_reason(exc)}") from exc
+
+    def close(self) -> None:
+        """Close the connection (without a TLS close_notify wait)."""
+        try:
+            self._sock.close()
+        except OSError:
+            pass
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, ssl.SSLError):
+        return exc.reason or str(exc)
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc)
+
+
+def _decode_cert(der: bytes) -> dict[str, str]:
+    """Subject, issuer and expiry of a DER certificate, via the ssl module's decoder."""
+    if not der:
+        return {}
+    import tempfile
+
+    # ssl can only decode a certificate from a PEM file; this runs only for
+    # `fetchpop serverinfo`, never on the sync path.
+    with tempfile.NamedTemporaryFile("w", suffix=".pem") as pem:
+        pem.write(ssl.DER_cert_to_PEM_cert(der))
+        pem.flush()
+        try:
+            info = ssl._ssl._test_decode_cert(pem.name)  # type: ignore[attr-defined]
+        except (ssl.SSLError, AttributeError):
+            return {}
+
+    def name(parts: tuple[tuple[tuple[str, str], ...], ...]) -> str:
+        return ", ".join(f"{k}={v}" for rdn in parts for k, v in rdn)
+
+    expiry = info.get("notAfter", "")
+    try:
+        stamp = ssl.cert_time_to_seconds(expiry)
+        expiry = datetime.datetime.fromtimestamp(stamp, datetime.UTC).isoformat()
+    except ValueError:
+        pass
+    return {
+        "subject": name(info.get("subject", ())),
+        "issuer": name(info.get("issuer", ())),
+        "notAfter": expiry,
+    }

@@ -1,0 +1,304 @@
+"""The seen-store: which messages each mailbox has delivered. The only user of sqlite3.
+
+Strategy:
+
+* Keyed by mailbox (host, port, user), never by account name, so renaming an
+  account does not fetch everything again.
+* A journal of *intents*: before a message is delivered its intent (UIDL and
+  where it is going) is written; the same transaction that records the UIDL as
+  seen removes the intent. An intent left over after a crash tells the next
+  run to look in the target before delivering again (SPEC section 1, promise 2).
+* WAL mode with ``synchronous=NORMAL``: commits are cheap and survive a killed
+  process; :meth:`SeenStore.sync` (a full checkpoint, which fsyncs) makes them
+  survive power loss too, and the sync layer calls it before trusting them.
+* Every write is an explicit ``BEGIN IMMEDIATE`` ... ``COMMIT`` that rolls back
+  on any exception. Schema migrations run in the transaction that records
+  their version (``PRAGMA user_version``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import sqlite3
+import time
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from fetchpop.errors import StoreError
+
+# Each entry upgrades the schema from version i to i + 1.
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE mailbox (
+        id INTEGER PRIMARY KEY,
+        host TEXT NOT NULL,
+        port INTEGER NOT NULL,
+        user TEXT NOT NULL,
+        UNIQUE (host, port, user)
+    );
+    CREATE TABLE seen (
+        mailbox INTEGER NOT NULL REFERENCES mailbox(id),
+        uidl TEXT NOT NULL,
+        first_seen REAL NOT NULL,
+        PRIMARY KEY (mailbox, uidl)
+    ) WITHOUT ROWID;
+    CREATE TABLE intent (
+        id INTEGER PRIMARY KEY,
+        mailbox INTEGER NOT NULL REFERENCES mailbox(id),
+        uidl TEXT NOT NULL,
+        target TEXT NOT NULL,
+        detail TEXT NOT NULL,
+        created REAL NOT NULL
+    );
+    CREATE TABLE run (
+        account TEXT PRIMARY KEY,
+        mailbox INTEGER NOT NULL REFERENCES mailbox(id),
+        started REAL NOT NULL,
+        finished REAL NOT NULL,
+        exit_code INTEGER NOT NULL,
+        message TEXT NOT NULL,
+        fetched INTEGER NOT NULL,
+        octets INTEGER NOT NULL,
+        deleted INTEGER NOT NULL,
+        skipped INTEGER NOT NULL
+    );
+    """,
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Intent:
+    """A delivery begun but not recorded as finished."""
+
+    id: int
+    uidl: str
+    target: str
+    detail: str
+
+
+@dataclasses.dataclass(frozen=True)
+class RunRecord:
+    """The outcome of an account's last sync, for ``fetchpop status``."""
+
+    account: str
+    started: float
+    finished: float
+    exit_code: int
+    message: str
+    fetched: int
+    octets: int
+    deleted: int
+    skipped: int
+
+
+class SeenStore:
+    """An open seen-store file. Use as a context manager, or call close()."""
+
+    def __init__(self, path: Path, *, readonly: bool = False) -> None:
+        self.path = path
+        try:
+            if readonly:
+                self._db = sqlite3.connect(
+                    f"file:{path}?mode=ro", uri=True, isolation_level=None, timeout=10
+                )
+            else:
+                path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+                self._db = sqlite3.connect(path, isolation_level=None, timeout=10)
+        except (sqlite3.Error, OSError) as exc:
+            raise StoreError(f"cannot open seen-store {path}: {exc}") from exc
+        try:
+            if not readonly:
+                self._db.execute("PRAGMA journal_mode=WAL")
+                self._db.execute("PRAGMA synchronous=NORMAL")
+                self._db.execute("PRAGMA foreign_keys=ON")
+                self._migrate()
+            else:
+                self._check_version()
+        except sqlite3.Error as exc:
+            self._db.close()
+            raise StoreError(_explain(path, exc)) from exc
+        except StoreError:
+            self._db.close()
+            raise
+
+    def __enter__(self) -> SeenStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the database."""
+        self._db.close()
+
+    # -- schema ----------------------------------------------------------------
+
+    def _check_version(self) -> int:
+        (version,) = self._db.execute("PRAGMA user_version").fetchone()
+        if version > len(MIGRATIONS):
+            raise StoreError(
+                f"seen-store {self.path} was written by a newer fetchpop "
+                f"(schema {version}); upgrade fetchpop"
+            )
+        return int(version)
+
+    def _migrate(self) -> None:
+        with self._transaction():
+            version = self._check_version()
+            for number in range(version, len(MIGRATIONS)):
+                for statement in MIGRATIONS[number].split(";"):
+                    if statement.strip():
+                        self._db.execute(statement)
+                self._db.execute(f"PRAGMA user_version = {number + 1}")
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            raise StoreError(_explain(self.path, exc)) from exc
+
+    def _read(self, sql: str, args: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
+        try:
+            return self._db.execute(sql, args).fetchall()
+        except sqlite3.Error as exc:
+            raise StoreError(_explain(self.path, exc)) from exc
+
+    # -- mailboxes -------------------------------------------------------------
+
+    def mailbox_id(self, host: str, port: int, user: str, *, create: bool = True) -> int | None:
+        """The id of the mailbox (host, port, user), created when missing."""
+        rows = self._read(
+            "SELECT id FROM mailbox WHERE host = ? AND port = ? AND user = ?", (host, port, user)
+        )
+        if rows:
+            return int(rows[0][0])  # type: ignore[call-overload]
+        if not create:
+            return None
+        with self._transaction() as db:
+            cur = db.execute(
+                "INSERT INTO mailbox (host, port, user) VALUES (?, ?, ?)", (host, port, user)
+            )
+            return int(cur.lastrowid or 0)
+
+    # -- seen UIDLs ------------------------------------------------------------
+
+    def seen(self, mailbox: int) -> dict[str, float]:
+        """Every UIDL recorded for *mailbox*, with its first-seen time (one query)."""
+        rows = self._read("SELECT uidl, first_seen FROM seen WHERE mailbox = ?", (mailbox,))
+        return {str(uidl): float(first) for uidl, first in rows}  # type: ignore[arg-type]
+
+    def record(
+        self, mailbox: int, uidls: Iterable[str], *, done: Iterable[int] = (), now: float | None = None
+    ) -> None:
+        """Record *uidls* as seen and drop the intents *done*, in one transaction."""
+        stamp = time.time() if now is None else now
+        with self._transaction() as db:
+            db.executemany(
+                "INSERT OR IGNORE INTO seen (mailbox, uidl, first_seen) VALUES (?, ?, ?)",
+                ((mailbox, uidl, stamp) for uidl in uidls),
+            )
+            db.executemany("DELETE FROM intent WHERE id = ?", ((i,) for i in done))
+
+    def forget(self, mailbox: int, uidls: Iterable[str] | None = None) -> int:
+        """Remove *uidls* (all when None) from the store; returns how many went."""
+        with self._transaction() as db:
+            if uidls is None:
+                cur = db.execute("DELETE FROM seen WHERE mailbox = ?", (mailbox,))
+                return cur.rowcount
+            count = 0
+            for uidl in uidls:
+                count += db.execute(
+                    "DELETE FROM seen WHERE mailbox = ? AND uidl = ?", (mailbox, uidl)
+                ).rowcount
+            return count
+
+    def prune(self, mailbox: int, present: set[str]) -> int:
+        """Forget UIDLs no longer on the server (after a completed session only)."""
+        gone = [uidl for uidl in self.seen(mailbox) if uidl not in present]
+        if gone:
+            self.forget(mailbox, gone)
+        return len(gone)
+
+    # -- intents ---------------------------------------------------------------
+
+    def begin_intent(self, mailbox: int, uidl: str, target: str, detail: str) -> int:
+        """Journal that *uidl* is about to be delivered to *target* (at *detail*)."""
+        with self._transaction() as db:
+            cur = db.execute(
+                "INSERT INTO intent (mailbox, uidl, target, detail, created) VALUES (?, ?, ?, ?, ?)",
+                (mailbox, uidl, target, detail, time.time()),
+            )
+            return int(cur.lastrowid or 0)
+
+    def intents(self, mailbox: int) -> list[Intent]:
+        """Unfinished intents of *mailbox*, oldest first."""
+        rows = self._read(
+            "SELECT id, uidl, target, detail FROM intent WHERE mailbox = ? ORDER BY id", (mailbox,)
+        )
+        return [Intent(int(r[0]), str(r[1]), str(r[2]), str(r[3])) for r in rows]  # type: ignore[call-overload]
+
+    def drop_intents(self, ids: Iterable[int]) -> None:
+        """Forget intents whose message is known not to have been delivered."""
+        with self._transaction() as db:
+            db.executemany("DELETE FROM intent WHERE id = ?", ((i,) for i in ids))
+
+    def sync(self) -> None:
+        """Make every commit so far durable against power loss (fsync)."""
+        try:
+            self._db.execute("PRAGMA wal_checkpoint(FULL)").fetchall()
+        except sqlite3.Error as exc:
+            raise StoreError(_explain(self.path, exc)) from exc
+
+    # -- runs ------------------------------------------------------------------
+
+    def record_run(self, mailbox: int, run: RunRecord) -> None:
+        """Remember the outcome of an account's sync."""
+        with self._transaction() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO run VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    run.account,
+                    mailbox,
+                    run.started,
+                    run.finished,
+                    run.exit_code,
+                    run.message,
+                    run.fetched,
+                    run.octets,
+                    run.deleted,
+                    run.skipped,
+                ),
+            )
+
+    def last_run(self, account: str) -> RunRecord | None:
+        """The last recorded sync of *account*, if any."""
+        rows = self._read(
+            "SELECT account, started, finished, exit_code, message, fetched, octets, deleted,"
+            " skipped FROM run WHERE account = ?",
+            (account,),
+        )
+        return RunRecord(*rows[0]) if rows else None  # type: ignore[arg-type]
+
+    def count(self, mailbox: int) -> int:
+        """How many UIDLs are recorded for *mailbox*."""
+        return int(self._read("SELECT count(*) FROM seen WHERE mailbox = ?", (mailbox,))[0][0])  # type: ignore[call-overload]
+
+
+def _explain(path: Path, exc: sqlite3.Error) -> str:
+    text = str(exc)
+    if "locked" in text or "busy" in text:
+        return f"seen-store {path} is locked by another process: {text}"
+    if "not a database" in text or "malformed" in text:
+        return (
+            f"seen-store {path} is corrupt ({text}); move it aside and run "
+            "`fetchpop seen mark ACCOUNT` to record what the server has"
+        )
+    return f"seen-store {path}: {text}"
