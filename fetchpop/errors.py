@@ -180,5 +180,5 @@ class Interrupted(FetchpopError):
     """SIGINT or SIGTERM arrived; the run stopped at a safe point."""
 
     def __init__(self, signum: int) -> None:
-        super().__init__("interrupted by signal %d" % signum)
+        super().__init__(f"interrupted by signal {signum}")
         self.exit_code = ExitCode.INTERRUPTED if signum == 2 else ExitCode.TERMINATED

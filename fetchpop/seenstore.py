@@ -179,7 +179,7 @@ class SeenStore:
             "SELECT id FROM mailbox WHERE host = ? AND port = ? AND user = ?", (host, port, user)
         )
         if rows:
-            return int(rows[0][0])  # type: ignore[call-overload]
+            return int(str(rows[0][0]))
         if not create:
             return None
         with self._transaction() as db:
@@ -196,7 +196,12 @@ class SeenStore:
         return {str(uidl): float(first) for uidl, first in rows}  # type: ignore[arg-type]
 
     def record(
-        self, mailbox: int, uidls: Iterable[str], *, done: Iterable[int] = (), now: float | None = None
+        self,
+        mailbox: int,
+        uidls: Iterable[str],
+        *,
+        done: Iterable[int] = (),
+        now: float | None = None,
     ) -> None:
         """Record *uidls* as seen and drop the intents *done*, in one transaction."""
         stamp = time.time() if now is None else now
@@ -233,7 +238,8 @@ class SeenStore:
         """Journal that *uidl* is about to be delivered to *target* (at *detail*)."""
         with self._transaction() as db:
             cur = db.execute(
-                "INSERT INTO intent (mailbox, uidl, target, detail, created) VALUES (?, ?, ?, ?, ?)",
+                "INSERT INTO intent (mailbox, uidl, target, detail, created)"
+                " VALUES (?, ?, ?, ?, ?)",
                 (mailbox, uidl, target, detail, time.time()),
             )
             return int(cur.lastrowid or 0)
@@ -289,7 +295,7 @@ class SeenStore:
 
     def count(self, mailbox: int) -> int:
         """How many UIDLs are recorded for *mailbox*."""
-        return int(self._read("SELECT count(*) FROM seen WHERE mailbox = ?", (mailbox,))[0][0])  # type: ignore[call-overload]
+        return int(str(self._read("SELECT count(*) FROM seen WHERE mailbox = ?", (mailbox,))[0][0]))
 
 
 def _explain(path: Path, exc: sqlite3.Error) -> str:

@@ -203,7 +203,9 @@ class Client:
                 detail = mech.error_detail()
                 words = describe(event) + (f" ({detail})" if detail else "")
                 raise AuthError(f"authentication failed: {words}")
-            mech.verify_final(event.text)
+            # RFC 5034 section 4: success carries no SASL data in POP3 (the
+            # text is for humans); SCRAM must have verified the server by now.
+            mech.verify_final(b"")
             return
 
     # -- transactions ----------------------------------------------------------
@@ -237,7 +239,7 @@ class Client:
             out.append((int(parts[0]), uid.decode("latin-1")))
         return out
 
-    def list(self) -> dict[int, int]:
+    def sizes(self) -> dict[int, int]:
         """LIST listing: message number -> size in octets."""
         result = self._listing("LIST")
         if isinstance(result, Reply):

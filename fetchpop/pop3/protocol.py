@@ -214,9 +214,8 @@ class POP3Protocol:
         if event is NEED_DATA and self._eof and self._expect:
             self._errored = True
             raise ConnectionLostError(
-                    "connection closed by server while waiting for reply to "
-                    + self._expect[0].command
-                )
+                "connection closed by server while waiting for reply to " + self._expect[0].command
+            )
         return event
 
     def _check_usable(self) -> None:

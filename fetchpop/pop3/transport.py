@@ -9,6 +9,7 @@ let alone a credential, is sent.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import hashlib
@@ -180,9 +181,7 @@ class Transport:
         try:
             return self._sock.recv(READ_SIZE)
         except TimeoutError as exc:
-            raise ServerTimeoutError(
-                f"no reply from {self.host} for {self.timeout:g} s"
-            ) from exc
+            raise ServerTimeoutError(f"no reply from {self.host} for {self.timeout:g} s") from exc
         except ssl.SSLError as exc:
             raise ConnectionLostError(f"TLS error from {self.host}: {_reason(exc)}") from exc
         except OSError as exc:
@@ -190,10 +189,8 @@ class Transport:
 
     def close(self) -> None:
         """Close the connection (without a TLS close_notify wait)."""
-        try:
+        with contextlib.suppress(OSError):
             self._sock.close()
-        except OSError:
-            pass
 
 
 def _reason(exc: BaseException) -> str:

@@ -1,0 +1,466 @@
+"""The command line: the only module that imports click, prints, or picks an exit code.
+
+Everything below raises typed errors (fetchpop.errors); :func:`run_accounts`
+turns each account's failure into one line naming the account, and the exit
+status is that failure's code, or 75 (TEMPFAIL) when several accounts failed.
+Heavy modules are imported inside the commands so ``fetchpop --version``
+stays fast.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any, NoReturn
+
+import click
+
+from fetchpop import __version__
+from fetchpop.errors import ExitCode, FetchpopError, sanitize
+
+if TYPE_CHECKING:
+    from fetchpop.config import Account, Config
+    from fetchpop.seenstore import SeenStore
+
+
+@dataclasses.dataclass
+class Environment:
+    """Streams, terminal flags and directories of one run; tests may replace it."""
+
+    stdout: IO[str] = dataclasses.field(default_factory=lambda: sys.stdout)
+    stderr: IO[str] = dataclasses.field(default_factory=lambda: sys.stderr)
+    stdin_isatty: bool = dataclasses.field(default_factory=lambda: sys.stdin.isatty())
+    stderr_isatty: bool = dataclasses.field(default_factory=lambda: sys.stderr.isatty())
+    environ: dict[str, str] = dataclasses.field(default_factory=lambda: dict(os.environ))
+    config_option: str | None = None
+    verbose: int = 0
+    quiet: bool = False
+
+    def state_dir(self) -> Path:
+        """``<user state dir>/fetchpop`` (Linux: $XDG_STATE_HOME/fetchpop)."""
+        import platformdirs
+
+        return Path(platformdirs.user_state_path("fetchpop"))
+
+    def store_path(self) -> Path:
+        """Where the seen-store lives."""
+        return self.state_dir() / "fetchpop.sqlite3"
+
+    def error(self, text: str) -> None:
+        """One line on stderr, prefixed ``fetchpop:``."""
+        print(f"fetchpop: {text}", file=self.stderr, flush=True)
+
+    def info(self, text: str, level: int = 1) -> None:
+        """Print when -v was given *level* times (and not -q)."""
+        if self.verbose >= level and not self.quiet:
+            print(text, file=self.stderr, flush=True)
+
+    def warn(self, text: str) -> None:
+        """A warning: shown unless -q."""
+        if not self.quiet:
+            self.error(text)
+
+    def load_config(self) -> Config:
+        """Find and load the configuration file."""
+        from fetchpop.config import find_config_path, load_config
+
+        return load_config(find_config_path(self.config_option, self.environ), environ=self.environ)
+
+    def password_source(self, account: Account) -> Callable[[], str]:
+        """A callable that fetches the account's password only when the login needs it."""
+
+        def get() -> str:
+            from fetchpop.secrets import get_password
+
+            prompt = None
+            if self.stdin_isatty:
+                import getpass
+
+                prompt = getpass.getpass
+            return get_password(account, prompt=prompt)
+
+        return get
+
+
+def _exit(code: int) -> NoReturn:
+    sys.exit(code)
+
+
+def guard(env: Environment, func: Callable[[], int]) -> NoReturn:
+    """Run a command; the single place that turns errors into exit statuses."""
+    try:
+        code = func()
+    except FetchpopError as exc:
+        for line in str(exc).splitlines() or [type(exc).__name__]:
+            env.error(line)
+        code = int(exc.exit_code)
+    except KeyboardInterrupt:
+        env.error("interrupted")
+        code = ExitCode.INTERRUPTED
+    except Exception as exc:  # a bug: say so, briefly, with the type
+        env.error(f"internal error ({type(exc).__name__}): {sanitize(str(exc))}")
+        if env.verbose:
+            import traceback
+
+            traceback.print_exc(file=env.stderr)
+        code = ExitCode.SOFTWARE
+    _exit(code)
+
+
+def combine(codes: Sequence[int]) -> int:
+    """One failure: its code. Several: TEMPFAIL (SPEC section 6)."""
+    failed = [c for c in codes if c != 0]
+    if not failed:
+        return ExitCode.OK
+    return failed[0] if len(failed) == 1 else ExitCode.TEMPFAIL
+
+
+class Progress:
+    """A one-line progress display on a terminal's stderr; nothing elsewhere."""
+
+    def __init__(self, env: Environment, account: str) -> None:
+        self.enabled = env.stderr_isatty and not env.quiet
+        self.env = env
+        self.account = account
+        self.octets = 0
+        self._last = 0.0
+
+    def __call__(self, uidl: str, octets: int) -> None:
+        self.octets += octets
+        now = time.monotonic()
+        if self.enabled and now - self._last > 0.1:
+            self._last = now
+            text = f"\r{self.account}: {_size(self.octets)} received"
+            self.env.stderr.write(text.ljust(60))
+            self.env.stderr.flush()
+
+    def done(self) -> None:
+        if self.enabled and self._last:
+            self.env.stderr.write("\r" + " " * 60 + "\r")
+            self.env.stderr.flush()
+
+
+def _size(octets: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if octets < 1024 or unit == "GiB":
+            return f"{octets:.0f} {unit}" if unit == "B" else f"{octets:.1f} {unit}"
+        octets /= 1024
+    return f"{octets} B"
+
+
+# -- the commands ----------------------------------------------------------------
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-c", "--config", "config", metavar="FILE", help="Configuration file to use.")
+@click.option("-v", "--verbose", count=True, help="More output; twice for a protocol transcript.")
+@click.option("-q", "--quiet", is_flag=True, help="Print only errors.")
+@click.version_option(__version__, "--version", prog_name="fetchpop")
+@click.pass_context
+def main(ctx: click.Context, config: str | None, verbose: int, quiet: bool) -> None:
+    """Fetch mail from POP3 accounts into Maildir, mbox or a delivery program.
+
+    A message is deleted from the server only after it has been durably
+    delivered and recorded, and is never delivered twice.
+    """
+    ctx.obj = Environment(config_option=config, verbose=verbose, quiet=quiet)
+
+
+def _env() -> Environment:
+    env = click.get_current_context().obj
+    assert isinstance(env, Environment)
+    return env
+
+
+def _transcript(env: Environment, account: str) -> Callable[[str], None] | None:
+    if env.verbose < 2 or env.quiet:
+        return None
+    return lambda line: print(f"{account}: {line}", file=env.stderr, flush=True)
+
+
+def _open_store(env: Environment) -> SeenStore:
+    from fetchpop.seenstore import SeenStore
+
+    return SeenStore(env.store_path())
+
+
+@main.command()
+@click.argument("accounts", nargs=-1)
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON report on stdout.")
+@click.option(
+    "--wait",
+    "wait",
+    type=float,
+    default=0.0,
+    metavar="SECONDS",
+    help="Wait this long for another run's lock on a mailbox.",
+)
+def sync(accounts: tuple[str, ...], as_json: bool, wait: float) -> None:
+    """Fetch new mail for the named accounts (all when none named)."""
+    env = _env()
+
+    def run() -> int:
+        config = env.load_config()
+        selected = config.select(accounts)
+        with _open_store(env) as store:
+            codes, reports = [], []
+            for account in selected:
+                code, report = _sync_one(env, store, account, wait)
+                codes.append(code)
+                reports.append(report)
+        if as_json:
+            json.dump({"accounts": reports}, env.stdout, indent=2)
+            env.stdout.write("\n")
+        return combine(codes)
+
+    guard(env, run)
+
+
+def _sync_one(
+    env: Environment, store: SeenStore, account: Account, wait: float
+) -> tuple[int, dict[str, Any]]:
+    from fetchpop.locks import MailboxLock
+    from fetchpop.seenstore import RunRecord
+    from fetchpop.sync import Session, SyncResult
+
+    started = time.time()
+    progress = Progress(env, account.name)
+    report: dict[str, Any] = {"account": account.name}
+    if account.tls == "off":
+        env.warn(
+            f'{account.name}: warning: tls = "off": password and mail cross '
+            "the network in clear text"
+        )
+    session = None
+    result: SyncResult | None = None
+    try:
+        with MailboxLock(env.state_dir(), account.mailbox) as lock:
+            lock.acquire(wait)
+            session = Session(
+                account,
+                store,
+                env.password_source(account),
+                log=_transcript(env, account.name),
+                progress=progress if progress.enabled else None,
+            )
+            result = session.run()
+        code, message = 0, "ok"
+    except FetchpopError as exc:
+        progress.done()
+        code, message = int(exc.exit_code), _one_line(exc)
+        env.error(f"{account.name}: {message}")
+        result = session.result if session else None
+    else:
+        progress.done()
+    if result is not None:
+        for warning in result.warnings:
+            env.warn(f"{account.name}: {warning}")
+        for uidl, why in result.skipped:
+            env.info(f"{account.name}: skipped {sanitize(uidl)}: {why}")
+        env.info(
+            f"{account.name}: {result.fetched} new message(s), {_size(result.octets)}, "
+            f"{result.deleted} deleted, {len(result.skipped)} skipped"
+        )
+        report.update(
+            fetched=result.fetched,
+            octets=result.octets,
+            deleted=result.deleted,
+            skipped=[{"uidl": u, "reason": r} for u, r in result.skipped],
+            warnings=result.warnings,
+            server_messages=result.server_messages,
+        )
+    report.update(ok=code == 0, exit_code=code, error=None if code == 0 else message)
+    mailbox = store.mailbox_id(*account.mailbox)
+    if mailbox is not None:
+        store.record_run(
+            mailbox,
+            RunRecord(
+                account.name,
+                started,
+                time.time(),
+                code,
+                message,
+                result.fetched if result else 0,
+                result.octets if result else 0,
+                result.deleted if result else 0,
+                len(result.skipped) if result else 0,
+            ),
+        )
+    return code, report
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+@main.command()
+@click.argument("accounts", nargs=-1)
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON report on stdout.")
+def check(accounts: tuple[str, ...], as_json: bool) -> None:
+    """Show what sync would fetch and delete now; change nothing anywhere."""
+    env = _env()
+
+    def run() -> int:
+        from fetchpop.sync import check_account
+
+        config = env.load_config()
+        codes, reports = [], []
+        seen_by_mailbox = _read_seen(env, config.select(accounts))
+        for account in config.select(accounts):
+            try:
+                plan = check_account(
+                    account,
+                    seen_by_mailbox.get(account.mailbox, {}),
+                    env.password_source(account),
+                    log=_transcript(env, account.name),
+                )
+            except FetchpopError as exc:
+                env.error(f"{account.name}: {_one_line(exc)}")
+                codes.append(int(exc.exit_code))
+                reports.append({"account": account.name, "ok": False, "error": _one_line(exc)})
+                continue
+            codes.append(0)
+            fetch: list[dict[str, Any]] = [
+                {"uidl": m.uidl, "number": m.number, "size": m.size} for m in plan.fetch
+            ]
+            delete: list[dict[str, Any]] = [
+                {"uidl": m.uidl, "number": m.number, "reason": r} for m, r in plan.delete
+            ]
+            skip: list[dict[str, Any]] = [
+                {"uidl": m.uidl, "number": m.number, "reason": r} for m, r in plan.skip
+            ]
+            reports.append(
+                {
+                    "account": account.name,
+                    "ok": True,
+                    "server_messages": len(plan.messages),
+                    "fetch": fetch,
+                    "delete": delete,
+                    "skip": skip,
+                }
+            )
+            if not as_json:
+                octets = sum(m.size or 0 for m in plan.fetch)
+                print(
+                    f"{account.name}: {len(plan.messages)} on server, {len(plan.fetch)} to fetch "
+                    f"({_size(octets)}), {len(plan.delete)} to delete, {len(plan.skip)} to skip",
+                    file=env.stdout,
+                )
+                for verb, items in (("delete", delete), ("skip", skip)):
+                    for item in items:
+                        print(
+                            f"  {verb} {sanitize(str(item['uidl']))}: {item['reason']}",
+                            file=env.stdout,
+                        )
+                if env.verbose:
+                    for item in fetch:
+                        print(
+                            f"  fetch {sanitize(str(item['uidl']))} ({item['size']} octets)",
+                            file=env.stdout,
+                        )
+        if as_json:
+            json.dump({"accounts": reports}, env.stdout, indent=2)
+            env.stdout.write("\n")
+        return combine(codes)
+
+    guard(env, run)
+
+
+def _read_seen(
+    env: Environment, accounts: list[Account]
+) -> dict[tuple[str, int, str], dict[str, float]]:
+    """Seen UIDLs per mailbox, read without creating or changing the store."""
+    from fetchpop.seenstore import SeenStore
+
+    path = env.store_path()
+    if not path.exists():
+        return {}
+    out = {}
+    with SeenStore(path, readonly=True) as store:
+        for account in accounts:
+            mailbox = store.mailbox_id(*account.mailbox, create=False)
+            if mailbox is not None:
+                out[account.mailbox] = store.seen(mailbox)
+    return out
+
+
+@main.command(name="accounts")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")
+def accounts_cmd(as_json: bool) -> None:
+    """List the configured accounts, as resolved (secrets never shown)."""
+    env = _env()
+
+    def run() -> int:
+        config = env.load_config()
+        data = [a.to_public_dict() for a in config.accounts.values()]
+        if as_json:
+            json.dump({"config": str(config.path), "accounts": data}, env.stdout, indent=2)
+            env.stdout.write("\n")
+            return 0
+        print(f"# {config.path}", file=env.stdout)
+        for account in data:
+            print(f"[{account['name']}]", file=env.stdout)
+            for key, value in account.items():
+                if key != "name" and value is not None:
+                    print(f"  {key} = {value}", file=env.stdout)
+        return 0
+
+    guard(env, run)
+
+
+@main.command()
+@click.argument("accounts", nargs=-1)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")
+def status(accounts: tuple[str, ...], as_json: bool) -> None:
+    """Show local state: last sync, its result, messages known."""
+    env = _env()
+
+    def run() -> int:
+        from fetchpop.seenstore import SeenStore
+
+        config = env.load_config()
+        selected = config.select(accounts)
+        path = env.store_path()
+        rows = []
+        store = SeenStore(path, readonly=True) if path.exists() else None
+        try:
+            for account in selected:
+                row: dict[str, Any] = {"account": account.name, "known": 0, "last_run": None}
+                mailbox = store.mailbox_id(*account.mailbox, create=False) if store else None
+                if store and mailbox is not None:
+                    row["known"] = store.count(mailbox)
+                    last = store.last_run(account.name)
+                    if last:
+                        row["last_run"] = dataclasses.asdict(last)
+                rows.append(row)
+        finally:
+            if store:
+                store.close()
+        if as_json:
+            json.dump({"store": str(path), "accounts": rows}, env.stdout, indent=2)
+            env.stdout.write("\n")
+            return 0
+        for row in rows:
+            last = row["last_run"]
+            if last is None:
+                when = "never synced"
+            else:
+                stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(last["finished"]))
+                result = (
+                    "ok"
+                    if last["exit_code"] == 0
+                    else f"failed ({last['exit_code']}): {last['message']}"
+                )
+                when = (
+                    f"last sync {stamp}: {result}; "
+                    f"{last['fetched']} fetched, {last['deleted']} deleted"
+                )
+            print(f"{row['account']}: {row['known']} messages known; {when}", file=env.stdout)
+        return 0
+
+    guard(env, run)

@@ -1,0 +1,384 @@
+"""One account's session: the order that keeps SPEC section 1's promises.
+
+The ordering invariant, for every message:
+
+    1. journal an intent in the seen-store        (so a crash can be recognised)
+    2. RETR, streaming into the delivery target   (never whole in memory)
+    3. finish, then flush: data and directory fsynced (or the MDA exited 0)
+    4. record the UIDL and drop the intent, in one committed transaction,
+       made durable (checkpoint) before step 5
+    5. only then may DELE be sent, and only QUIT makes it happen.
+
+Any failure before 4 leaves the message on the server and unrecorded; a crash
+between 3 and 4 leaves an intent that the next run resolves by looking in the
+target instead of delivering again. Steps 3 and 4 are batched (group commit):
+several finished messages, then one round of fsyncs and one transaction —
+never recording or deleting anything that is not yet durable.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+from fetchpop.config import Account, format_deliver
+from fetchpop.deliver import DeliverySpec, open_target, parse_deliver
+from fetchpop.deliver.base import Target
+from fetchpop.errors import CapabilityError, FetchpopError
+from fetchpop.pop3 import auth
+from fetchpop.pop3.client import PIPELINE_WINDOW, Client, Log, describe
+from fetchpop.pop3.protocol import Reply
+from fetchpop.pop3.transport import Transport, make_ssl_context
+from fetchpop.seenstore import SeenStore
+
+#: Group commit: flush after this many messages or bytes, whichever first.
+BATCH_MESSAGES = 64
+BATCH_OCTETS = 16 * 1024 * 1024
+DAY = 86400.0
+
+PasswordSource = Callable[[], str]
+Progress = Callable[[str, int], None]
+
+
+@dataclasses.dataclass(frozen=True)
+class ServerMessage:
+    """A message as this session's UIDL and LIST describe it."""
+
+    number: int
+    uidl: str  # the store key: the UIDL, or "UIDL #n" for the n-th repeat
+    size: int | None
+
+
+@dataclasses.dataclass
+class Plan:
+    """What a sync would do now (``fetchpop check``) and why."""
+
+    messages: list[ServerMessage]
+    fetch: list[ServerMessage] = dataclasses.field(default_factory=list)
+    delete: list[tuple[ServerMessage, str]] = dataclasses.field(default_factory=list)
+    skip: list[tuple[ServerMessage, str]] = dataclasses.field(default_factory=list)
+    repeated_uidls: int = 0
+
+
+@dataclasses.dataclass
+class SyncResult:
+    """What a sync did, for the summary line and ``--json``."""
+
+    account: str
+    fetched: int = 0
+    octets: int = 0
+    deleted: int = 0
+    skipped: list[tuple[str, str]] = dataclasses.field(default_factory=list)
+    warnings: list[str] = dataclasses.field(default_factory=list)
+    server_messages: int = 0
+
+
+# -- the session ---------------------------------------------------------------
+
+
+def connect(account: Account, password: PasswordSource, *, log: Log | None = None) -> Client:
+    """Open, secure and log in to *account*'s server. The caller QUITs or closes."""
+    context = None
+    if account.tls != "off":
+        context = make_ssl_context(account.ca_file, account.tls_fingerprint)
+    transport = Transport.connect(
+        account.host,
+        account.port,
+        timeout=account.timeout,
+        tls=context if account.tls == "implicit" else None,
+        pinned=account.tls_fingerprint,
+    )
+    try:
+        client = Client(transport, log=log)
+        client.capa()
+        if account.tls == "starttls":
+            assert context is not None
+            client.stls(context, account.tls_fingerprint)
+            client.capa()
+        login(client, account, password)
+        # RFC 2449 section 5: capabilities may change after login.
+        if client.capabilities is not None:
+            client.capa()
+    except BaseException:
+        transport.close()
+        raise
+    return client
+
+
+def login(client: Client, account: Account, password: PasswordSource) -> None:
+    """Authenticate with the mechanism the account asks for (or the best offered)."""
+    method: str = account.auth
+    sasl_offered = (client.capabilities or {}).get("SASL", [])
+    if method == "auto":
+        chosen = auth.choose_mechanism(sasl_offered, tls=client.transport.is_tls)
+        method = chosen.lower() if chosen else "user"
+    if method == "user":
+        client.user_pass(account.user, password())
+    elif method == "apop":
+        client.apop(account.user, password())
+    else:
+        name = method.upper()
+        if client.capabilities is not None and name not in (m.upper() for m in sasl_offered):
+            raise CapabilityError(
+                f"server does not offer SASL {name} (it offers: "
+                + (", ".join(sasl_offered) or "none")
+                + ")"
+            )
+        client.sasl(_mechanism(method, account, password()))
+
+
+def _mechanism(method: str, account: Account, secret: str) -> auth.SASLMechanism:
+    if method == "plain":
+        return auth.plain(account.user, secret)
+    if method == "login":
+        return auth.login(account.user, secret)
+    if method == "scram-sha-1":
+        return auth.scram("sha1", account.user, secret)
+    if method == "scram-sha-256":
+        return auth.scram("sha256", account.user, secret)
+    if method == "xoauth2":
+        return auth.xoauth2(account.user, secret)
+    if method == "oauthbearer":
+        return auth.oauthbearer(account.user, secret, account.host, account.port)
+    raise CapabilityError(f"unknown authentication method {method}")
+
+
+def server_messages(client: Client) -> tuple[list[ServerMessage], int]:
+    """UIDL and LIST merged; repeated UIDLs get distinct keys. Returns (messages, repeats)."""
+    listing = client.uidl()
+    sizes = client.sizes() if listing else {}
+    counts: dict[str, int] = {}
+    out = []
+    repeats = 0
+    for number, uidl in listing:
+        n = counts.get(uidl, 0) + 1
+        counts[uidl] = n
+        key = uidl
+        if n > 1:
+            # A UIDL never holds a space (RFC 1939 section 7), so this key
+            # cannot collide with a real one.
+            key = f"{uidl} #{n}"
+            repeats += 1
+        out.append(ServerMessage(number, key, sizes.get(number)))
+    return out, repeats
+
+
+def make_plan(
+    account: Account,
+    messages: list[ServerMessage],
+    seen: dict[str, float],
+    *,
+    now: float,
+    fresh: set[str] = frozenset(),  # type: ignore[assignment]
+) -> Plan:
+    """Decide what to fetch, skip and delete. Pure: no I/O.
+
+    *fresh* holds UIDLs recorded during this session (they count as seen).
+    """
+    plan = Plan(messages)
+    for msg in messages:
+        known = msg.uidl in seen or msg.uidl in fresh
+        if known:
+            if not account.keep:
+                plan.delete.append((msg, "keep = false"))
+            elif account.delete_after_days is not None:
+                first = seen.get(msg.uidl, now)
+                if now - first >= account.delete_after_days * DAY:
+                    age = int((now - first) // DAY)
+                    plan.delete.append((msg, f"first fetched {age} days ago"))
+            continue
+        if account.max_size is not None and msg.size is not None and msg.size > account.max_size:
+            plan.skip.append(
+                (msg, f"larger than max_size ({msg.size} > {account.max_size} octets)")
+            )
+            continue
+        if account.max_messages is not None and len(plan.fetch) >= account.max_messages:
+            plan.skip.append((msg, "max_messages reached for this run"))
+            continue
+        plan.fetch.append(msg)
+    return plan
+
+
+@contextmanager
+def _target(spec: DeliverySpec, account: Account) -> Iterator[Target]:
+    target = open_target(spec, mbox_lock_timeout=account.mbox_lock_timeout)
+    try:
+        yield target
+    finally:
+        target.close()
+
+
+class Session:
+    """A sync of one account: owns the deliver -> record -> DELE -> QUIT order."""
+
+    def __init__(
+        self,
+        account: Account,
+        store: SeenStore,
+        password: PasswordSource,
+        *,
+        log: Log | None = None,
+        progress: Progress | None = None,
+        now: Callable[[], float] = time.time,
+    ) -> None:
+        self.account = account
+        self.store = store
+        self.password = password
+        self.log = log
+        self.progress = progress
+        self.now = now
+        self.result = SyncResult(account.name)
+        self._mailbox = 0
+        self._batch: list[tuple[int, str, int]] = []  # (intent id, uidl, octets)
+        self._fresh: set[str] = set()
+
+    def run(self) -> SyncResult:
+        """Sync the account; raises a FetchpopError subclass on failure."""
+        account = self.account
+        mailbox = self.store.mailbox_id(*account.mailbox)
+        assert mailbox is not None
+        self._mailbox = mailbox
+        with _target(account.deliver, account) as target:
+            self._reconcile(target)
+            client = connect(account, self.password, log=self.log)
+            try:
+                self._transact(client, target)
+            except BaseException:
+                client.close()
+                raise
+        return self.result
+
+    def _reconcile(self, target: Target) -> None:
+        """Resolve intents left by a run that was killed (SPEC section 1, promise 2)."""
+        recorded, dropped = [], []
+        current = format_deliver(self.account.deliver)
+        for intent in self.store.intents(self._mailbox):
+            if intent.target == current:
+                found = target.delivered(intent.detail)
+            else:
+                with _target(parse_deliver(intent.target), self.account) as other:
+                    found = other.delivered(intent.detail)
+            if found:
+                recorded.append(intent)
+            else:
+                # False: not there, deliver again. None (an MDA, or an mbox
+                # tail we cannot vouch for): delivering again may duplicate,
+                # but never loses mail; fetchpop(1) says so.
+                dropped.append(intent.id)
+        if recorded:
+            self.store.record(
+                self._mailbox, [i.uidl for i in recorded], done=[i.id for i in recorded]
+            )
+            self.result.warnings.append(
+                f"{len(recorded)} message(s) delivered by an interrupted run were recorded"
+            )
+        if dropped:
+            self.store.drop_intents(dropped)
+
+    def _transact(self, client: Client, target: Target) -> None:
+        account = self.account
+        messages, repeats = server_messages(client)
+        self.result.server_messages = len(messages)
+        if repeats:
+            self.result.warnings.append(f"server lists {repeats} repeated UIDL(s)")
+        seen = self.store.seen(self._mailbox)
+        plan = make_plan(account, messages, seen, now=self.now())
+        window = PIPELINE_WINDOW if client.has("PIPELINING") else 1
+        try:
+            self._fetch(client, target, plan.fetch, window)
+        finally:
+            self._commit(target)
+        self.result.skipped = [(m.uidl, why) for m, why in plan.skip]
+        # Only what is recorded (and synced) is considered for deletion.
+        plan = make_plan(account, messages, seen, now=self.now(), fresh=self._fresh)
+        numbers = [m.number for m, _ in plan.delete]
+        refused = client.delete(numbers, window=window)
+        for number, reply in refused:
+            self.result.warnings.append(f"server refused DELE {number}: {describe(reply)}")
+        client.quit()
+        self.result.deleted = len(numbers) - len(refused)
+        # The session completed: UIDLs gone from the server can go from the store.
+        self.store.prune(self._mailbox, {m.uidl for m in messages})
+
+    def _fetch(
+        self, client: Client, target: Target, todo: list[ServerMessage], window: int
+    ) -> None:
+        by_number = {m.number: m for m in todo}
+        pending_octets = 0
+        for number, body in client.retrieve([(m.number, m.size) for m in todo], window=window):
+            msg = by_number[number]
+            if isinstance(body, Reply):
+                # Gone between UIDL and RETR (another device deleted it).
+                self.result.warnings.append(
+                    f"message {msg.uidl} vanished before it could be fetched: {describe(body)}"
+                )
+                continue
+            octets = self._deliver_one(target, msg, body)
+            pending_octets += octets
+            if len(self._batch) >= BATCH_MESSAGES or pending_octets >= BATCH_OCTETS:
+                self._commit(target)
+                pending_octets = 0
+
+    def _deliver_one(self, target: Target, msg: ServerMessage, body: Iterator[bytes]) -> int:
+        delivery = target.begin(msg.uidl)
+        try:
+            intent = self.store.begin_intent(
+                self._mailbox, msg.uidl, format_deliver(self.account.deliver), delivery.intent
+            )
+        except BaseException:
+            delivery.abort()
+            raise
+        octets = 0
+        try:
+            for chunk in body:
+                delivery.write(chunk)
+                octets += len(chunk)
+                if self.progress:
+                    self.progress(msg.uidl, len(chunk))
+            delivery.finish()
+        except BaseException:
+            delivery.abort()
+            # If this fails, the next run finds the message absent and drops it.
+            with contextlib.suppress(FetchpopError):
+                self.store.drop_intents([intent])
+            raise
+        self._batch.append((intent, msg.uidl, octets))
+        return octets
+
+    def _commit(self, target: Target) -> None:
+        """Group commit: make finished deliveries durable, then record them."""
+        if not self._batch:
+            return
+        batch, self._batch = self._batch, []
+        self.store.sync()  # intents durable before the messages are
+        target.flush()
+        uidls = [uidl for _, uidl, _ in batch]
+        self.store.record(self._mailbox, uidls, done=[i for i, _, _ in batch], now=self.now())
+        self.store.sync()  # recorded durably before any DELE
+        self._fresh.update(uidls)
+        self.result.fetched += len(batch)
+        self.result.octets += sum(o for _, _, o in batch)
+
+
+def check_account(
+    account: Account,
+    seen: dict[str, float],
+    password: PasswordSource,
+    *,
+    log: Log | None = None,
+    now: float | None = None,
+) -> Plan:
+    """What a sync would fetch and delete now. Changes nothing anywhere."""
+    client = connect(account, password, log=log)
+    try:
+        messages, repeats = server_messages(client)
+        client.quit()
+    except BaseException:
+        client.close()
+        raise
+    plan = make_plan(account, messages, seen, now=time.time() if now is None else now)
+    plan.repeated_uidls = repeats
+    return plan
