@@ -1,0 +1,205 @@
+"""Where an account's password comes from, and the only user of keyring.
+
+Strategy: the sources are tried in the order fetchpop-config(5) documents —
+``password_command``, ``password`` in the (private) file, the system keyring
+(service ``fetchpop``, username ``USER@HOST``), then a prompt, which the CLI
+passes only when stdin is a terminal. keyring is imported inside the functions
+that need it, so ``fetchpop --version`` and password_command users never load
+it (or its D-Bus backends).
+
+A secret never appears in an exception message, a log line or a repr: errors
+from a password command quote its stderr only, never its stdout.
+"""
+
+from __future__ import annotations
+
+import shlex
+import subprocess
+from collections.abc import Callable
+from types import ModuleType
+from typing import Any
+
+from fetchpop.config import Account
+from fetchpop.errors import AuthError, UnavailableError, sanitize
+
+#: The keyring service name; the username is ``keyring_username(account)``.
+KEYRING_SERVICE = "fetchpop"
+
+Prompt = Callable[[str], str]
+Runner = Callable[..., "subprocess.CompletedProcess[bytes]"]
+
+
+def keyring_username(account: Account) -> str:
+    """The keyring entry's username: ``USER@HOST``."""
+    return f"{account.user}@{account.host}"
+
+
+def get_password(
+    account: Account,
+    *,
+    prompt: Prompt | None = None,
+    run: Runner = subprocess.run,
+) -> str:
+    """The account's password, from the first source that has one.
+
+    Raises AuthError when the password command fails or no source has a password.
+    """
+    if account.password_command is not None:
+        return _from_command(account.password_command, account.timeout, run)
+    if account.password is not None:
+        return account.password
+    who = keyring_username(account)
+    secret, keyring_problem = _from_keyring(who)
+    if secret:
+        return secret
+    if prompt is not None:
+        try:
+            secret = prompt(f"Password for {who}: ")
+        except EOFError:
+            secret = ""
+        if not secret:
+            raise AuthError(f"no password entered for {who}")
+        return secret
+    message = (
+        f"no password available for {who}: set password_command, store one with "
+        f"`fetchpop password set {account.name}`, or run on a terminal"
+    )
+    if keyring_problem:
+        message += f" (the system keyring could not be used: {keyring_problem})"
+    raise AuthError(message)
+
+
+def _from_command(command: str, timeout: float, run: Runner) -> str:
+    try:
+        argv = shlex.split(command)
+    except ValueError as exc:
+        raise AuthError(f"password_command cannot be split into words: {exc}") from None
+    if not argv:
+        raise AuthError("password_command is empty")
+    name = sanitize(argv[0], limit=80)
+    try:
+        result = run(
+            argv,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            timeout=timeout,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        raise AuthError(f"password_command timed out after {timeout:g} s ({name})") from None
+    except FileNotFoundError:
+        raise AuthError(f"password_command failed: {name}: command not found") from None
+    except OSError as exc:
+        raise AuthError(f"password_command failed: {name}: {exc.strerror or exc}") from None
+    if result.returncode != 0:
+        how = (
+            f"killed by signal {-result.returncode}"
+            if result.returncode < 0
+            else f"exit {result.returncode}"
+        )
+        tail = _stderr_tail(result.stderr)
+        raise AuthError(f"password_command failed ({how})" + (f": {tail}" if tail else ""))
+    stdout: bytes = result.stdout or b""
+    first = stdout.split(b"\n", 1)[0].removesuffix(b"\r")
+    if not first:
+        raise AuthError(f"password_command printed no password ({name}: empty first line)")
+    try:
+        return first.decode("utf-8")
+    except UnicodeDecodeError:
+        raise AuthError(f"password_command printed a password that is not UTF-8 ({name})") from None
+
+
+def _stderr_tail(stderr: bytes | None, lines: int = 3) -> str:
+    """The last few non-empty lines of *stderr*, safe to print."""
+    text = (stderr or b"").decode("utf-8", "replace")
+    tail = [line.strip() for line in text.splitlines() if line.strip()][-lines:]
+    return sanitize(" | ".join(tail), limit=200)
+
+
+def _import_keyring() -> ModuleType:
+    import keyring  # Lazy: see the module docstring.
+
+    return keyring
+
+
+def _unusable_reason(keyring: ModuleType) -> str | None:
+    """Why the configured keyring backend cannot hold a password, or None if it can."""
+    from keyring.backends import chainer, fail, null
+
+    backend = keyring.get_keyring()
+    if isinstance(backend, fail.Keyring | null.Keyring):
+        return "no keyring backend is available"
+    if isinstance(backend, chainer.ChainerBackend) and not backend.backends:
+        return "no keyring backend is available"
+    return None
+
+
+def _from_keyring(username: str) -> tuple[str | None, str | None]:
+    """(password or None, why the keyring could not be asked or None)."""
+    try:
+        keyring = _import_keyring()
+        reason = _unusable_reason(keyring)
+        if reason:
+            return None, reason
+        secret: Any = keyring.get_password(KEYRING_SERVICE, username)
+    except Exception as exc:  # Any backend failure means "no password here".
+        return None, _exception_text(exc)
+    return (secret if isinstance(secret, str) and secret else None), None
+
+
+def _exception_text(exc: BaseException, secret: str | None = None) -> str:
+    text = str(exc) or type(exc).__name__
+    if secret:
+        text = text.replace(secret, "***")
+    return sanitize(text, limit=200)
+
+
+def _no_keyring_error(reason: str) -> UnavailableError:
+    return UnavailableError(
+        f"cannot use the system keyring: {reason}. Instead, set password_command "
+        '(for example "pass show mail/ACCOUNT" or "secret-tool lookup service fetchpop '
+        'user USER@HOST"), or put password in a config file only you can read (chmod 600)'
+    )
+
+
+def set_password(account: Account, secret: str) -> None:
+    """Store *secret* in the system keyring for *account*.
+
+    Raises UnavailableError when no usable keyring backend exists or storing fails.
+    """
+    keyring = _usable_keyring()
+    try:
+        keyring.set_password(KEYRING_SERVICE, keyring_username(account), secret)
+    except Exception as exc:  # Any backend failure: say what to do instead.
+        raise _no_keyring_error(_exception_text(exc, secret)) from None
+
+
+def delete_password(account: Account) -> bool:
+    """Remove the account's password from the keyring; False if none was stored.
+
+    Raises UnavailableError when no usable keyring backend exists or deleting fails.
+    """
+    keyring = _usable_keyring()
+    from keyring.errors import PasswordDeleteError
+
+    username = keyring_username(account)
+    try:
+        if keyring.get_password(KEYRING_SERVICE, username) is None:
+            return False
+        keyring.delete_password(KEYRING_SERVICE, username)
+    except PasswordDeleteError:
+        return False  # Gone between the two calls, or never there.
+    except Exception as exc:  # Any backend failure: say what to do instead.
+        raise _no_keyring_error(_exception_text(exc)) from None
+    return True
+
+
+def _usable_keyring() -> ModuleType:
+    try:
+        keyring = _import_keyring()
+        reason = _unusable_reason(keyring)
+    except Exception as exc:  # A broken install or backend is as good as none.
+        reason = _exception_text(exc)
+    if reason:
+        raise _no_keyring_error(reason)
+    return keyring
