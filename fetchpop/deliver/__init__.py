@@ -1,0 +1,121 @@
+"""Where fetched mail goes: a Maildir, an mbox file or an MDA command.
+
+``parse_deliver`` turns the config value (``maildir:DIR``, ``mbox:FILE``,
+``mda:COMMAND``) into a :class:`DeliverySpec`; ``open_target`` makes the
+:class:`~fetchpop.deliver.base.Target` that a sync session writes to. This
+package is the only code that writes mail.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from fetchpop.deliver.base import Delivery, Target
+from fetchpop.deliver.maildir import MaildirTarget
+from fetchpop.deliver.mbox import MboxTarget, split_mboxrd
+from fetchpop.deliver.mda import MdaTarget
+
+__all__ = [
+    "Delivery",
+    "DeliverySpec",
+    "MaildirTarget",
+    "MboxTarget",
+    "MdaTarget",
+    "Target",
+    "open_target",
+    "parse_deliver",
+    "split_mboxrd",
+]
+
+Kind = Literal["maildir", "mbox", "mda"]
+
+_VARIABLE = re.compile(r"\$(?:\{(\w+)\}|(\w+))")
+_FORMS = "maildir:DIR, mbox:FILE or mda:COMMAND"
+
+
+@dataclass(frozen=True)
+class DeliverySpec:
+    """A parsed ``deliver`` value: *path* for maildir and mbox, *command* for mda."""
+
+    kind: Kind
+    path: Path | None = None
+    command: tuple[str, ...] | None = None
+
+
+def _expand_path(text: str) -> Path:
+    def variable(match: re.Match[str]) -> str:
+        name = match.group(1) or match.group(2)
+        value = os.environ.get(name)
+        if value is None:
+            raise ValueError(f"environment variable ${name} in {text!r} is not set")
+        return value
+
+    expanded = _VARIABLE.sub(variable, os.path.expanduser(text))
+    if "\0" in expanded:
+        raise ValueError(f"path {text!r} contains a NUL character")
+    # A cron job's working directory is arbitrary: relative paths would wander.
+    if not os.path.isabs(expanded):
+        raise ValueError(f"path {text!r} must be absolute (or start with ~ or $VAR)")
+    return Path(expanded)
+
+
+def _split_command(text: str) -> tuple[str, ...]:
+    try:
+        words = shlex.split(text)
+    except ValueError as exc:  # "No closing quotation" and the like
+        raise ValueError(f"mda command {text!r}: {exc}") from None
+    if not words or not words[0]:
+        raise ValueError("mda command is empty")
+    if any("\0" in word for word in words):
+        raise ValueError(f"mda command {text!r} contains a NUL character")
+    # No shell runs the command, so do the one expansion people rely on.
+    return tuple(os.path.expanduser(word) if word.startswith("~") else word for word in words)
+
+
+def parse_deliver(value: str) -> DeliverySpec:
+    """Parse ``maildir:DIR``, ``mbox:FILE`` or ``mda:COMMAND``.
+
+    ``~`` and ``$VAR``/``${VAR}`` are expanded in DIR and FILE, which must then
+    be absolute. COMMAND is split into words as a POSIX shell would (quotes,
+    backslashes), but no shell runs it: no ``$VAR``, globs, pipes or
+    redirections; a word starting with ``~`` is expanded. Raises
+    :class:`ValueError` with a message fit for a config error.
+    """
+    kind, colon, rest = value.partition(":")
+    kind = kind.strip().lower()
+    rest = rest.strip()
+    if not colon or kind not in ("maildir", "mbox", "mda"):
+        raise ValueError(f"{value!r} is not one of {_FORMS}")
+    if not rest:
+        what = "command" if kind == "mda" else "path"
+        raise ValueError(f"{value!r} lacks the {what} after {kind}:")
+    if kind == "mda":
+        return DeliverySpec("mda", command=_split_command(rest))
+    return DeliverySpec("maildir" if kind == "maildir" else "mbox", path=_expand_path(rest))
+
+
+def open_target(
+    spec: DeliverySpec, *, mbox_lock_timeout: float = 30.0, mda_timeout: float = 300.0
+) -> Target:
+    """Open the target *spec* describes.
+
+    A Maildir is created at once (``cur``, ``new``, ``tmp``, parents, mode
+    0700). An mbox is created and locked at the first ``begin()``, waiting up
+    to *mbox_lock_timeout* seconds for the locks. An MDA gets *mda_timeout*
+    seconds to read each chunk and to exit. Raises ``DeliveryError`` or
+    ``LocalIOError`` when a Maildir cannot be created.
+    """
+    if spec.kind == "mda":
+        if not spec.command:
+            raise ValueError("an mda delivery needs a command")
+        return MdaTarget(spec.command, timeout=mda_timeout)
+    if spec.path is None:
+        raise ValueError(f"a {spec.kind} delivery needs a path")
+    if spec.kind == "maildir":
+        return MaildirTarget(spec.path)
+    return MboxTarget(spec.path, lock_timeout=mbox_lock_timeout)

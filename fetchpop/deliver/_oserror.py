@@ -1,0 +1,52 @@
+"""Turn an ``OSError`` met while delivering into the error fetchpop reports.
+
+A full disk or a failing device is a local I/O problem (exit 74) that goes away
+by itself or by freeing space; everything else (no permission, read-only file
+system, a path component that is not a directory) means the target cannot be
+created or written (exit 73) until the user fixes it.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+
+from fetchpop.errors import DeliveryError, FetchpopError, LocalIOError
+
+_IO_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EFBIG})
+
+
+def os_error(exc: OSError, what: str) -> FetchpopError:
+    """Return the error to raise for *exc*; *what* says what failed, naming the path.
+
+    For example ``os_error(e, "cannot write to Maildir /x/y")`` gives
+    ``LocalIOError("cannot write to Maildir /x/y: No space left on device")``.
+    """
+    reason = exc.strerror or (os.strerror(exc.errno) if exc.errno else str(exc))
+    cls = LocalIOError if exc.errno in _IO_ERRNOS else DeliveryError
+    return cls(f"{what}: {reason}")
+
+
+def make_dirs(path: str) -> None:
+    """Create *path* and any missing parents, each with mode 0700.
+
+    ``os.makedirs`` applies its mode to the last directory only; mail folders
+    and their parents should not be readable by others.
+    """
+    missing: list[str] = []
+    current = os.path.abspath(path)
+    while not os.path.isdir(current):
+        missing.append(current)
+        parent = os.path.dirname(current)
+        if parent == current:
+            break
+        current = parent
+    for directory in reversed(missing):
+        try:
+            os.mkdir(directory, 0o700)
+        except FileExistsError:
+            # Either a race with another creator (fine) or a file in the way.
+            if not os.path.isdir(directory):
+                raise NotADirectoryError(
+                    errno.ENOTDIR, os.strerror(errno.ENOTDIR), directory
+                ) from None

@@ -1,0 +1,429 @@
+"""Delivery into an mbox file, in the mboxrd format.
+
+Strategy: each message is appended as a ``From SENDER DATE`` line, the message
+with every line matching ``^>*From `` given one more ``>`` (mboxrd, so the
+quoting can be undone exactly: :func:`split_mboxrd`), and a blank line. A
+message without a final newline gets one.
+
+Locking follows Debian Policy 11.6: an fcntl lock and a ``FILE.lock`` dot-lock,
+both taken without blocking and retried (so neither order can deadlock) until
+``lock_timeout`` runs out. The locks are taken at the first ``begin()`` -- a
+run that finds no mail never touches the mbox -- and held until ``close()``.
+
+The intent is the file's length before the message; on any failure the file is
+truncated back to it, so a reader never sees half a message.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import re
+import stat
+import time
+from pathlib import Path
+
+from fetchpop.deliver._oserror import make_dirs, os_error
+from fetchpop.errors import DeliveryError, FetchpopError, LocalProtocolError, LockedError
+
+_QUOTE = re.compile(rb"^(>*From )", re.MULTILINE)
+_UNQUOTE = re.compile(rb"^>(>*From )", re.MULTILINE)
+_SEPARATOR = re.compile(rb"^From ", re.MULTILINE)
+_FROM = b"From "
+
+_HEADER_LIMIT = 64 * 1024  # header bytes held back while looking for Return-Path
+_WRITE_BUFFER = 64 * 1024
+_STALE_LOCK_AGE = 300.0  # liblockfile: a dot-lock untouched for 5 minutes is stale
+_TOUCH_INTERVAL = 60.0  # so that others do not think our own dot-lock stale
+
+
+class _Quoter:
+    """mboxrd quoting of a byte stream split anywhere: ``^>*From `` gains a ``>``.
+
+    Prepending a ``>`` to a run of ``>`` gives the same bytes as inserting it
+    just before ``From``, so a line's leading ``>`` can be passed on at once and
+    only a partial ``From`` (at most four bytes) is ever held back.
+    """
+
+    def __init__(self) -> None:
+        self._at_start = True  # everything passed on of this line so far is ">"
+        self._held = b""  # a proper prefix of b"From " at such a line start
+
+    def feed(self, chunk: bytes) -> bytes:
+        """Quote *chunk*; returns the bytes that can be written now."""
+        data = self._held + chunk
+        self._held = b""
+        out: list[bytes] = []
+        if not self._at_start:
+            newline = data.find(b"\n")
+            if newline < 0:
+                return data
+            out.append(data[: newline + 1])
+            data = data[newline + 1 :]
+            self._at_start = True
+        cut = data.rfind(b"\n") + 1
+        out.append(_QUOTE.sub(rb">\1", data[:cut]))
+        tail = data[cut:]
+        rest = tail.lstrip(b">")
+        run = len(tail) - len(rest)
+        if rest.startswith(_FROM):
+            out.append(b">" + tail)
+            self._at_start = False
+        elif _FROM.startswith(rest):
+            out.append(tail[:run])
+            self._held = rest
+        else:
+            out.append(tail)
+            self._at_start = False
+        return b"".join(out)
+
+    def end(self) -> bytes:
+        """The bytes still held back (a partial ``From`` at the very end)."""
+        held, self._held = self._held, b""
+        return held
+
+
+def _sender(header: bytes) -> bytes:
+    """The address in the first Return-Path header, or ``MAILER-DAEMON``."""
+    lines = header.split(b"\n")
+    for i, line in enumerate(lines):
+        if not line.lower().startswith(b"return-path:"):
+            continue
+        value = line[len(b"return-path:") :]
+        for folded in lines[i + 1 :]:  # RFC 5322 section 2.2.3 folding
+            if folded[:1] not in (b" ", b"\t"):
+                break
+            value += folded
+        if b"<" in value:
+            value = value.split(b"<", 1)[1].split(b">", 1)[0]
+        address = value.strip()
+        # The separator must stay one line of one word; anything odd is dropped.
+        if 0 < len(address) <= 256 and all(0x21 <= c <= 0x7E for c in address):
+            return address
+        break
+    return b"MAILER-DAEMON"
+
+
+def split_mboxrd(data: bytes) -> list[bytes]:
+    """Split an mboxrd file into its messages, undoing what delivery added.
+
+    Drops each ``From `` separator line and the blank line that ends each
+    message, and removes one ``>`` from lines matching ``^>+From ``. Bytes
+    before the first separator are ignored. For a message *m* delivered by
+    :class:`MboxTarget` the result is *m*, with ``\\n`` appended if *m* did not
+    end with one (so ``b""`` comes back as ``b"\\n"``).
+    """
+    starts = [match.start() for match in _SEPARATOR.finditer(data)]
+    messages: list[bytes] = []
+    for i, start in enumerate(starts):
+        end = starts[i + 1] if i + 1 < len(starts) else len(data)
+        newline = data.find(b"\n", start, end)
+        body = data[newline + 1 : end] if newline >= 0 else b""
+        if body.endswith(b"\n"):
+            body = body[:-1]
+        messages.append(_UNQUOTE.sub(rb"\1", body))
+    return messages
+
+
+class MboxDelivery:
+    """One message being appended; see :class:`fetchpop.deliver.base.Delivery`."""
+
+    def __init__(self, target: MboxTarget, fd: int, offset: int, prefix: bytes) -> None:
+        self.intent = str(offset)
+        self._target = target
+        self._fd = fd
+        self._offset = offset
+        # Newlines that make the previous message end in a blank line.
+        self._prefix = prefix
+        self._date = time.asctime(time.gmtime()).encode()
+        self._head: bytearray | None = bytearray()  # None once the separator is out
+        self._quoter = _Quoter()
+        self._buffer = bytearray()
+        self._last = b""
+        self._state = "open"  # -> "finished" | "aborted"
+
+    def write(self, chunk: bytes) -> None:
+        """Append *chunk*; on failure the file is truncated back and the error raised."""
+        self._check_open()
+        if not chunk:
+            return
+        self._last = chunk[-1:]
+        if self._head is None:
+            self._out(self._quoter.feed(chunk))
+            return
+        search_from = max(0, len(self._head) - 1)
+        self._head += chunk
+        if (
+            self._head[:1] == b"\n"
+            or self._head.find(b"\n\n", search_from) >= 0
+            or len(self._head) >= _HEADER_LIMIT
+        ):
+            self._start_body()
+
+    def _start_body(self) -> None:
+        head = bytes(self._head or b"")
+        self._head = None
+        end = head.find(b"\n\n")
+        header = head[: end + 1] if end >= 0 else head
+        if head.startswith(b"\n"):
+            header = b""  # no header block at all
+        sender = _sender(header)
+        self._out(self._prefix + b"From " + sender + b" " + self._date + b"\n")
+        self._out(self._quoter.feed(head))
+
+    def finish(self) -> None:
+        """Write the end of the message and fsync the file."""
+        self._check_open()
+        if self._head is not None:
+            self._start_body()
+        self._out(self._quoter.end() + (b"\n" if self._last != b"\n" else b"") + b"\n")
+        self._drain()
+        try:
+            os.fsync(self._fd)
+        except OSError as exc:
+            self._fail(exc)
+        self._state = "finished"
+        self._target.done(self, finished=True)
+
+    def abort(self) -> None:
+        """Truncate the file back to its length before this message."""
+        if self._state != "open":
+            return
+        self._state = "aborted"
+        self._buffer.clear()
+        try:
+            os.ftruncate(self._fd, self._offset)
+            os.fsync(self._fd)
+        except OSError as exc:
+            raise os_error(
+                exc, f"cannot truncate mbox {self._target.path} back to {self._offset} bytes"
+            ) from exc
+        finally:
+            self._target.done(self, finished=False)
+
+    def _check_open(self) -> None:
+        if self._state != "open":
+            raise LocalProtocolError(f"mbox delivery used after being {self._state}")
+
+    def _out(self, data: bytes) -> None:
+        self._buffer += data
+        if len(self._buffer) >= _WRITE_BUFFER:
+            self._drain()
+
+    def _drain(self) -> None:
+        view = memoryview(bytes(self._buffer))
+        self._buffer.clear()
+        try:
+            while view:
+                view = view[os.write(self._fd, view) :]  # short only when the disk fills
+        except OSError as exc:
+            self._fail(exc)
+        self._target.touch_lock()
+
+    def _fail(self, exc: OSError) -> None:
+        error = self._target.error(exc)
+        self.abort()
+        raise error from exc
+
+
+class MboxTarget:
+    """An mbox file (created with mode 0600, parents 0700, when missing)."""
+
+    def __init__(self, path: Path, *, lock_timeout: float = 30.0) -> None:
+        self.path = path
+        self.lock_path = Path(f"{path}.lock")
+        self._lock_timeout = lock_timeout
+        self._fd: int | None = None
+        self._dotlocked = False
+        self._touched = 0.0
+        self._active: MboxDelivery | None = None
+        self._unflushed = False
+
+    def error(self, exc: OSError) -> FetchpopError:
+        """The fetchpop error for *exc* met while writing to this mbox."""
+        return os_error(exc, f"cannot write to mbox {self.path}")
+
+    def begin(self, uidl: str) -> MboxDelivery:
+        """Lock the file (the first time), note its length as the intent."""
+        if self._active is not None:
+            raise LocalProtocolError("an mbox takes one message at a time")
+        fd = self._locked_fd()
+        try:
+            size = os.fstat(fd).st_size
+            tail = os.pread(fd, 2, max(0, size - 2))
+        except OSError as exc:
+            raise self.error(exc) from exc
+        # mboxrd readers want a blank line before each "From " line.
+        if size == 0 or tail == b"\n\n":
+            prefix = b""
+        elif tail.endswith(b"\n"):
+            prefix = b"\n"
+        else:
+            prefix = b"\n\n"
+        self._active = MboxDelivery(self, fd, size, prefix)
+        return self._active
+
+    def done(self, delivery: MboxDelivery, *, finished: bool) -> None:
+        """Called by a delivery when it is finished or aborted."""
+        if self._active is delivery:
+            self._active = None
+        self._unflushed = self._unflushed or finished
+
+    def flush(self) -> None:
+        """Messages are fsynced by ``finish()``; this fsyncs the directory entry."""
+        if not self._unflushed:
+            return
+        # Needed once when the file was created; cheap enough to do always.
+        try:
+            fd = os.open(self.path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            raise self.error(exc) from exc
+        self._unflushed = False
+
+    def close(self) -> None:
+        """Abort an unfinished delivery and release both locks."""
+        try:
+            if self._active is not None:
+                self._active.abort()
+        finally:
+            if self._fd is not None:
+                fd, self._fd = self._fd, None
+                self._release(fd)
+
+    def delivered(self, intent: str) -> bool | None:
+        """``False`` when the file is no longer than it was before the message.
+
+        Otherwise ``None``: the bytes after offset *intent* must be compared
+        (with :func:`split_mboxrd`) with the server's copy.
+        """
+        try:
+            offset = int(intent)
+        except ValueError:
+            return None
+        try:
+            size = os.stat(self.path).st_size
+        except FileNotFoundError:
+            return False
+        except OSError as exc:
+            raise self.error(exc) from exc
+        return False if size <= offset else None
+
+    def touch_lock(self) -> None:
+        """Refresh the dot-lock's time now and then during a long run."""
+        if self._dotlocked and time.monotonic() - self._touched >= _TOUCH_INTERVAL:
+            self._touched = time.monotonic()
+            try:
+                os.utime(self.lock_path)
+            except OSError as exc:
+                raise os_error(exc, f"cannot refresh lock file {self.lock_path}") from exc
+
+    def _locked_fd(self) -> int:
+        if self._fd is not None:
+            return self._fd
+        try:
+            make_dirs(str(self.path.parent))
+        except OSError as exc:
+            raise os_error(exc, f"cannot create the directory of mbox {self.path}") from exc
+        deadline = time.monotonic() + self._lock_timeout
+        delay = 0.02
+        while True:
+            fd = self._open()
+            try:
+                # A file replaced while we waited is not the one to write to.
+                locked = self._try_lock(fd) and self._same_file(fd)
+            except BaseException:
+                self._release(fd)
+                raise
+            if locked:
+                self._fd = fd
+                return fd
+            self._release(fd)
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise LockedError(f"mbox {self.path} is locked by another program")
+            time.sleep(min(delay, remaining))
+            delay = min(delay * 2, 0.5)
+
+    def _open(self) -> int:
+        flags = os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
+        try:
+            fd = os.open(self.path, flags, 0o600)
+        except OSError as exc:
+            raise os_error(exc, f"cannot open mbox {self.path}") from exc
+        try:
+            regular = stat.S_ISREG(os.fstat(fd).st_mode)
+        except OSError as exc:
+            os.close(fd)
+            raise self.error(exc) from exc
+        if not regular:
+            os.close(fd)
+            raise DeliveryError(f"cannot write to mbox {self.path}: not a regular file")
+        return fd
+
+    def _try_lock(self, fd: int) -> bool:
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno in (errno.EACCES, errno.EAGAIN):
+                return False
+            raise os_error(exc, f"cannot lock mbox {self.path}") from exc
+        if self._dotlock():
+            return True
+        fcntl.lockf(fd, fcntl.LOCK_UN)
+        return False
+
+    def _dotlock(self) -> bool:
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+        for _attempt in range(3):
+            try:
+                fd = os.open(self.lock_path, flags, 0o644)
+            except FileExistsError:
+                if self._remove_stale_dotlock():
+                    continue
+                return False
+            except OSError as exc:
+                raise os_error(exc, f"cannot create lock file {self.lock_path}") from exc
+            try:
+                os.write(fd, b"%d\n" % os.getpid())
+            finally:
+                os.close(fd)
+            self._dotlocked = True
+            self._touched = time.monotonic()
+            return True
+        return False
+
+    def _remove_stale_dotlock(self) -> bool:
+        try:
+            age = time.time() - os.stat(self.lock_path).st_mtime
+            if age < _STALE_LOCK_AGE:
+                return False
+            # As liblockfile: a lock left by a crashed program goes after 5 minutes.
+            self.lock_path.unlink(missing_ok=True)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise os_error(exc, f"cannot remove stale lock file {self.lock_path}") from exc
+        return True
+
+    def _same_file(self, fd: int) -> bool:
+        try:
+            now, ours = os.stat(self.path), os.fstat(fd)
+        except FileNotFoundError:
+            return False
+        except OSError as exc:
+            raise self.error(exc) from exc
+        return (now.st_dev, now.st_ino) == (ours.st_dev, ours.st_ino)
+
+    def _release(self, fd: int) -> None:
+        # Reverse order of taking: the dot-lock, then the fcntl lock.
+        try:
+            if self._dotlocked:
+                self._dotlocked = False
+                self.lock_path.unlink(missing_ok=True)
+        finally:
+            os.close(fd)  # releases the fcntl lock

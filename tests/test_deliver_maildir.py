@@ -1,0 +1,237 @@
+"""Maildir delivery: real directories, real files."""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import fetchpop
+from fetchpop.deliver import DeliverySpec, open_target
+from fetchpop.deliver.maildir import MaildirTarget, unique_name
+from fetchpop.errors import DeliveryError, LocalProtocolError
+
+MESSAGE = b"Return-Path: <a@example.org>\nSubject: hi\n\nFrom here\n>From there\n.\nend"
+
+
+def entries(maildir: Path) -> dict[str, list[str]]:
+    return {sub: sorted(os.listdir(maildir / sub)) for sub in ("cur", "new", "tmp")}
+
+
+def deliver(target: MaildirTarget, message: bytes, chunks: list[bytes] | None = None) -> str:
+    delivery = target.begin("uidl-1")
+    for chunk in chunks if chunks is not None else [message]:
+        delivery.write(chunk)
+    delivery.finish()
+    target.flush()
+    return delivery.intent
+
+
+def test_message_lands_in_new_byte_for_byte(tmp_path: Path) -> None:
+    target = MaildirTarget(tmp_path)
+    intent = deliver(target, MESSAGE)
+    assert entries(tmp_path) == {"cur": [], "new": [f"{intent},S={len(MESSAGE)}"], "tmp": []}
+    path = tmp_path / "new" / f"{intent},S={len(MESSAGE)}"
+    assert path.read_bytes() == MESSAGE
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    target.close()
+
+
+@pytest.mark.parametrize("split", range(len(MESSAGE) + 1))
+def test_chunking_does_not_change_the_bytes(tmp_path: Path, split: int) -> None:
+    target = MaildirTarget(tmp_path)
+    deliver(target, MESSAGE, [MESSAGE[:split], MESSAGE[split:]])
+    (name,) = os.listdir(tmp_path / "new")
+    assert (tmp_path / "new" / name).read_bytes() == MESSAGE
+
+
+def test_one_byte_chunks_and_empty_message(tmp_path: Path) -> None:
+    target = MaildirTarget(tmp_path)
+    one = deliver(target, MESSAGE, [MESSAGE[i : i + 1] for i in range(len(MESSAGE))])
+    empty = deliver(target, b"")
+    assert (tmp_path / "new" / f"{one},S={len(MESSAGE)}").read_bytes() == MESSAGE
+    assert (tmp_path / "new" / f"{empty},S=0").read_bytes() == b""
+
+
+def test_missing_maildir_and_parents_are_created_private(tmp_path: Path) -> None:
+    maildir = tmp_path / "a" / "b" / "Mail"
+    MaildirTarget(maildir)
+    for directory in (tmp_path / "a", tmp_path / "a" / "b", maildir, maildir / "new"):
+        assert stat.S_IMODE(directory.stat().st_mode) == 0o700, directory
+    assert entries(maildir) == {"cur": [], "new": [], "tmp": []}
+
+
+def test_existing_maildir_is_used_as_is(tmp_path: Path) -> None:
+    for sub in ("cur", "new", "tmp"):
+        (tmp_path / sub).mkdir(mode=0o755)
+    (tmp_path / "cur" / "old:2,S").write_bytes(b"old")
+    deliver(MaildirTarget(tmp_path), MESSAGE)
+    assert stat.S_IMODE((tmp_path / "new").stat().st_mode) == 0o755
+    assert (tmp_path / "cur" / "old:2,S").read_bytes() == b"old"
+
+
+def test_unique_names_follow_the_convention() -> None:
+    names = [unique_name() for _ in range(1000)]
+    assert len(set(names)) == len(names)
+    pattern = re.compile(rf"\d+\.M\d{{1,6}}P{os.getpid()}Q\d+\.[^/:]+")
+    assert all(pattern.fullmatch(name) for name in names), names[0]
+
+
+def test_hostname_slash_and_colon_are_escaped(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The one fake here: the machine's real host name cannot be changed.
+    monkeypatch.setattr(socket, "gethostname", lambda: "odd/host:name")
+    assert unique_name().endswith(".odd\\057host\\072name")
+
+
+def test_intent_names_the_tmp_file_before_any_write(tmp_path: Path) -> None:
+    target = MaildirTarget(tmp_path)
+    delivery = target.begin("uidl-1")
+    assert entries(tmp_path)["tmp"] == [delivery.intent]
+    assert stat.S_IMODE((tmp_path / "tmp" / delivery.intent).stat().st_mode) == 0o600
+    delivery.abort()
+
+
+def test_abort_leaves_nothing(tmp_path: Path) -> None:
+    target = MaildirTarget(tmp_path)
+    delivery = target.begin("uidl-1")
+    delivery.write(MESSAGE * 10000)  # past any buffer
+    delivery.abort()
+    delivery.abort()  # twice is harmless
+    assert entries(tmp_path) == {"cur": [], "new": [], "tmp": []}
+    assert target.delivered(delivery.intent) is False
+
+
+def test_close_aborts_unfinished_deliveries_only(tmp_path: Path) -> None:
+    target = MaildirTarget(tmp_path)
+    done = deliver(target, MESSAGE)
+    target.begin("uidl-2").write(b"partial")
+    target.close()
+    assert entries(tmp_path) == {"cur": [], "new": [f"{done},S={len(MESSAGE)}"], "tmp": []}
+
+
+def test_a_finished_delivery_cannot_be_written_or_aborted(tmp_path: Path) -> None:
+    target = MaildirTarget(tmp_path)
+    delivery = target.begin("uidl-1")
+    delivery.finish()
+    with pytest.raises(LocalProtocolError):
+        delivery.write(b"more")
+    delivery.abort()  # no effect after finish
+    assert len(entries(tmp_path)["new"]) == 1
+
+
+def test_delivered_finds_the_message_in_new_and_in_cur(tmp_path: Path) -> None:
+    target = MaildirTarget(tmp_path)
+    intent = deliver(target, MESSAGE)
+    assert target.delivered(intent) is True
+    # A mail reader moves it to cur/ and adds flags.
+    (name,) = os.listdir(tmp_path / "new")
+    os.rename(tmp_path / "new" / name, tmp_path / "cur" / f"{name}:2,S")
+    assert target.delivered(intent) is True
+    os.rename(tmp_path / "cur" / f"{name}:2,S", tmp_path / "cur" / f"{intent}:2,RS")
+    assert target.delivered(intent) is True
+    os.rename(tmp_path / "cur" / f"{intent}:2,RS", tmp_path / "cur" / intent)
+    assert target.delivered(intent) is True
+
+
+def test_delivered_does_not_match_a_longer_name(tmp_path: Path) -> None:
+    target = MaildirTarget(tmp_path)
+    intent = deliver(target, MESSAGE)
+    assert target.delivered(intent[:-1]) is False
+    assert target.delivered(intent.split(".")[0]) is False
+    assert target.delivered("../new") is False
+    assert target.delivered("") is False
+
+
+def test_delivered_removes_a_stale_tmp_file(tmp_path: Path) -> None:
+    target = MaildirTarget(tmp_path)
+    delivery = target.begin("uidl-1")
+    delivery.write(b"half a mess")
+    # As after a crash: the next run's target asks about the intent.
+    assert MaildirTarget(tmp_path).delivered(delivery.intent) is False
+    assert entries(tmp_path)["tmp"] == []
+    delivery.abort()  # closes the file
+
+
+def test_a_file_in_the_way_is_a_delivery_error(tmp_path: Path) -> None:
+    (tmp_path / "file").write_bytes(b"")
+    with pytest.raises(DeliveryError) as info:
+        open_target(DeliverySpec("maildir", path=tmp_path / "file" / "Mail"))
+    assert info.value.exit_code == 73
+    assert str(info.value) == f"cannot create Maildir {tmp_path}/file/Mail: Not a directory"
+
+
+def test_deleted_tmp_dir_is_a_delivery_error(tmp_path: Path) -> None:
+    target = MaildirTarget(tmp_path)
+    os.rmdir(tmp_path / "tmp")
+    with pytest.raises(DeliveryError, match=r"cannot write to Maildir .*: No such file"):
+        target.begin("uidl-1")
+
+
+_DELIVER_SCRIPT = """
+import sys
+from fetchpop.deliver import open_target, parse_deliver
+from fetchpop.errors import FetchpopError
+try:
+    target = open_target(parse_deliver(sys.argv[1]))
+    delivery = target.begin("uidl-1")
+    delivery.write(b"x")
+    delivery.finish()
+except FetchpopError as exc:
+    print(type(exc).__name__, exc.exit_code, exc)
+"""
+
+
+def deliver_read_only(directory: Path, spec: str) -> str:
+    """Deliver to *spec* in a child to which *directory* is read-only; returns its output.
+
+    Root ignores file modes, so as root *directory* is bind-mounted read-only
+    in a private mount namespace; otherwise its tree is made mode 0555.
+    """
+    repo = str(Path(fetchpop.__file__).resolve().parent.parent)
+    command = [sys.executable, "-c", _DELIVER_SCRIPT, spec]
+    env = {**os.environ, "PYTHONPATH": repo}
+    if os.geteuid() == 0:
+        remount = 'mount --bind "$1" "$1" && mount -o remount,ro,bind "$1" && shift && exec "$@"'
+        command = ["unshare", "--mount", "sh", "-c", remount, "sh", str(directory), *command]
+        try:
+            done = subprocess.run(command, env=env, capture_output=True)
+        except OSError as exc:
+            pytest.skip(f"cannot make a read-only bind mount: {exc}")
+        if done.returncode != 0 and not done.stdout:
+            pytest.skip(f"cannot make a read-only bind mount: {done.stderr!r}")
+    else:
+        modes = {path: path.stat().st_mode for path in [directory, *directory.rglob("*")]}
+        for path in modes:
+            path.chmod(0o555)
+        try:
+            done = subprocess.run(command, env=env, capture_output=True)
+        finally:
+            for path, mode in modes.items():
+                path.chmod(mode)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.decode()
+
+
+READ_ONLY = "(Permission denied|Read-only file system)"
+
+
+def test_read_only_directory_is_a_delivery_error(tmp_path: Path) -> None:
+    (tmp_path / "ro").mkdir()
+    out = deliver_read_only(tmp_path / "ro", f"maildir:{tmp_path}/ro/Mail")
+    assert re.fullmatch(
+        f"DeliveryError 73 cannot create Maildir {tmp_path}/ro/Mail: {READ_ONLY}\n", out
+    )
+
+
+def test_read_only_maildir_is_a_delivery_error(tmp_path: Path) -> None:
+    MaildirTarget(tmp_path / "Mail")
+    out = deliver_read_only(tmp_path / "Mail", f"maildir:{tmp_path}/Mail")
+    assert re.fullmatch(
+        f"DeliveryError 73 cannot write to Maildir {tmp_path}/Mail: {READ_ONLY}\n", out
+    )

@@ -1,0 +1,408 @@
+"""mbox delivery: mboxrd bytes, truncation, locking against real other processes."""
+
+from __future__ import annotations
+
+import calendar
+import itertools
+import mailbox
+import os
+import re
+import stat
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import fetchpop
+from fetchpop.deliver import open_target, parse_deliver, split_mboxrd
+from fetchpop.deliver.mbox import MboxTarget, _Quoter, _sender
+from fetchpop.errors import DeliveryError, LocalProtocolError, LockedError
+
+TRICKY = (
+    b"Return-Path: <bounce@example.org>\n"
+    b"From: alice@example.org\n"
+    b"Subject: From lines\n"
+    b"\n"
+    b"From the start\n"
+    b">From once quoted\n"
+    b">>From twice\n"
+    b"From\n"
+    b" From indented\n"
+    b">>>Fro not quite\n"
+    b">Fro"
+)
+TRICKY_MBOX = (
+    b"From bounce@example.org DATE\n"
+    b"Return-Path: <bounce@example.org>\n"
+    b"From: alice@example.org\n"
+    b"Subject: From lines\n"
+    b"\n"
+    b">From the start\n"
+    b">>From once quoted\n"
+    b">>>From twice\n"
+    b"From\n"
+    b" From indented\n"
+    b">>>Fro not quite\n"
+    b">Fro\n"
+    b"\n"
+)
+_DATE = re.compile(rb"(?m)^(From \S+) [A-Z][a-z]{2} [A-Z][a-z]{2} [ 1-3]\d \d\d:\d\d:\d\d \d{4}$")
+
+
+def undated(data: bytes) -> bytes:
+    """The mbox with each separator's asctime date replaced by DATE."""
+    return _DATE.sub(rb"\1 DATE", data)
+
+
+def deliver(target: MboxTarget, chunks: list[bytes]) -> str:
+    delivery = target.begin("uidl-1")
+    for chunk in chunks:
+        delivery.write(chunk)
+    delivery.finish()
+    target.flush()
+    return delivery.intent
+
+
+@pytest.fixture
+def mbox(tmp_path: Path) -> Iterator[MboxTarget]:
+    target = MboxTarget(tmp_path / "mbox", lock_timeout=0.5)
+    yield target
+    target.close()
+
+
+def test_tricky_message_in_mboxrd(mbox: MboxTarget) -> None:
+    assert deliver(mbox, [TRICKY]) == "0"
+    assert undated(mbox.path.read_bytes()) == TRICKY_MBOX
+
+
+def test_separator_date_is_utc_asctime(mbox: MboxTarget) -> None:
+    before = time.time()
+    deliver(mbox, [b"x\n"])
+    first_line = mbox.path.read_bytes().split(b"\n", 1)[0].decode()
+    stamp = calendar.timegm(time.strptime(first_line[len("From MAILER-DAEMON ") :]))
+    assert before - 2 <= stamp <= time.time() + 2
+
+
+@pytest.mark.parametrize("split", range(len(TRICKY) + 1))
+def test_any_split_point_gives_the_same_bytes(mbox: MboxTarget, split: int) -> None:
+    deliver(mbox, [TRICKY[:split], TRICKY[split:]])
+    assert undated(mbox.path.read_bytes()) == TRICKY_MBOX
+
+
+def test_any_two_split_points_quote_the_same() -> None:
+    whole = _Quoter()
+    expected = whole.feed(TRICKY) + whole.end()
+    for i in range(len(TRICKY) + 1):
+        for j in range(i, len(TRICKY) + 1):
+            quoter = _Quoter()
+            parts = [quoter.feed(part) for part in (TRICKY[:i], TRICKY[i:j], TRICKY[j:])]
+            assert b"".join(parts) + quoter.end() == expected, (i, j)
+
+
+def test_one_byte_chunks(mbox: MboxTarget) -> None:
+    deliver(mbox, [TRICKY[i : i + 1] for i in range(len(TRICKY))])
+    assert undated(mbox.path.read_bytes()) == TRICKY_MBOX
+
+
+def test_final_newline_is_added_once_and_a_blank_line_follows(mbox: MboxTarget) -> None:
+    deliver(mbox, [b"A: b\n\nno newline"])
+    deliver(mbox, [b"A: b\n\nnewline\n"])
+    deliver(mbox, [b"A: b\n\ntwo newlines\n\n"])
+    deliver(mbox, [])
+    assert undated(mbox.path.read_bytes()) == (
+        b"From MAILER-DAEMON DATE\nA: b\n\nno newline\n\n"
+        b"From MAILER-DAEMON DATE\nA: b\n\nnewline\n\n"
+        b"From MAILER-DAEMON DATE\nA: b\n\ntwo newlines\n\n\n"
+        b"From MAILER-DAEMON DATE\n\n\n"
+    )
+
+
+@pytest.mark.parametrize(
+    ("header", "sender"),
+    [
+        (b"Return-Path: <a@example.org>\n", b"a@example.org"),
+        (b"return-path:a@example.org\n", b"a@example.org"),
+        (b"Return-Path:\n\t<folded@example.org>\n", b"folded@example.org"),
+        (b"Return-Path: <>\n", b"MAILER-DAEMON"),
+        (b"Return-Path: <a b@example.org>\n", b"MAILER-DAEMON"),
+        (b"Return-Path: <a\x1b@example.org>\n", b"MAILER-DAEMON"),
+        (b"X-Return-Path: <a@example.org>\n", b"MAILER-DAEMON"),
+        (b"Return-Path: <first@x>\nReturn-Path: <second@x>\n", b"first@x"),
+        (b"", b"MAILER-DAEMON"),
+    ],
+)
+def test_sender_from_return_path(header: bytes, sender: bytes) -> None:
+    assert _sender(header) == sender
+
+
+def test_return_path_in_the_body_is_not_the_sender(mbox: MboxTarget) -> None:
+    deliver(mbox, [b"Subject: x\n\nReturn-Path: <body@example.org>\n"])
+    deliver(mbox, [b"\nReturn-Path: <body@example.org>\n"])  # empty header block
+    assert mbox.path.read_bytes().count(b"From MAILER-DAEMON ") == 2
+
+
+def test_huge_header_is_streamed_not_held(mbox: MboxTarget) -> None:
+    message = b"X-Filler: " + b"y" * 100_000 + b"\nReturn-Path: <late@x>\n\nFrom body\n"
+    deliver(mbox, [message[i : i + 1000] for i in range(0, len(message), 1000)])
+    data = mbox.path.read_bytes()
+    assert data.startswith(b"From MAILER-DAEMON ")
+    assert split_mboxrd(data) == [message]
+
+
+def test_big_message_round_trips(mbox: MboxTarget) -> None:
+    body = b"".join(b"From line %d\n>From quoted\n" % i for i in range(100_000))
+    message = b"Return-Path: <big@x>\n\n" + body
+    deliver(mbox, [message[i : i + 8192] for i in range(0, len(message), 8192)])
+    assert split_mboxrd(mbox.path.read_bytes()) == [message]
+
+
+_PIECES = st.sampled_from(
+    [b"From ", b"From", b">", b"\n", b"Fro", b"m ", b"Return-Path: <x@y>\n", b"a", b" "]
+)
+_MESSAGES = st.lists(_PIECES | st.binary(max_size=8), max_size=30).map(b"".join)
+
+
+@settings(max_examples=300, deadline=None)
+@given(messages=st.lists(_MESSAGES, min_size=1, max_size=4), data=st.data())
+def test_round_trip_through_split_mboxrd(messages: list[bytes], data: st.DataObject) -> None:
+    """What goes in comes out, with a final newline added where it was missing."""
+    with tempfile.TemporaryDirectory() as base:
+        target = MboxTarget(Path(base) / "mbox")
+        try:
+            for message in messages:
+                cuts = sorted(data.draw(st.lists(st.integers(0, len(message)), max_size=6)))
+                bounds = [0, *cuts, len(message)]
+                deliver(target, [message[a:b] for a, b in itertools.pairwise(bounds)])
+        finally:
+            target.close()
+        written = (Path(base) / "mbox").read_bytes()
+    expected = [m if m.endswith(b"\n") else m + b"\n" for m in messages]
+    assert split_mboxrd(written) == expected
+
+
+def test_split_mboxrd_of_a_hand_written_file() -> None:
+    data = (
+        b"junk before\n"
+        b"From a@x Sun Nov 22 04:06:12 2026\n"
+        b"Subject: 1\n\n>From quoted\n>>From twice\n\n"
+        b"From b@x Sun Nov 22 04:06:13 2026\n"
+        b"no blank line at the end\n"
+    )
+    assert split_mboxrd(data) == [
+        b"Subject: 1\n\nFrom quoted\n>From twice\n",
+        b"no blank line at the end",
+    ]
+    assert split_mboxrd(b"") == []
+
+
+def test_python_mailbox_reads_what_we_write(mbox: MboxTarget) -> None:
+    deliver(mbox, [TRICKY])
+    deliver(mbox, [b"Subject: second\n\nbody\n"])
+    box = mailbox.mbox(mbox.path, create=False)
+    try:
+        assert [m["Subject"] for m in box] == ["From lines", "second"]
+    finally:
+        box.close()
+
+
+def test_appends_after_foreign_mail_with_a_blank_line(mbox: MboxTarget) -> None:
+    mbox.path.write_bytes(b"From old@x Sat Jan  1 00:00:00 2000\nold without end")
+    intent = deliver(mbox, [b"new\n"])
+    assert intent == str(len(b"From old@x Sat Jan  1 00:00:00 2000\nold without end"))
+    data = mbox.path.read_bytes()
+    assert undated(data).endswith(b"old without end\n\nFrom MAILER-DAEMON DATE\nnew\n\n")
+    assert split_mboxrd(data) == [b"old without end\n", b"new\n"]
+
+
+def test_file_and_parents_are_created_private(tmp_path: Path) -> None:
+    target = MboxTarget(tmp_path / "a" / "b" / "mbox")
+    assert not (tmp_path / "a").exists()  # nothing happens before the first message
+    deliver(target, [b"x\n"])
+    target.close()
+    assert stat.S_IMODE((tmp_path / "a" / "b" / "mbox").stat().st_mode) == 0o600
+    assert stat.S_IMODE((tmp_path / "a").stat().st_mode) == 0o700
+    assert stat.S_IMODE((tmp_path / "a" / "b").stat().st_mode) == 0o700
+
+
+def test_abort_truncates_back(mbox: MboxTarget) -> None:
+    deliver(mbox, [TRICKY])
+    before = mbox.path.read_bytes()
+    delivery = mbox.begin("uidl-2")
+    assert delivery.intent == str(len(before))
+    delivery.write(b"Subject: big\n\n" + b"z" * 300_000)
+    assert mbox.path.stat().st_size > len(before)  # some of it reached the file
+    delivery.abort()
+    assert mbox.path.read_bytes() == before
+    assert mbox.delivered(delivery.intent) is False
+    with pytest.raises(LocalProtocolError):
+        delivery.write(b"more")
+
+
+def test_close_aborts_an_unfinished_message(tmp_path: Path) -> None:
+    target = MboxTarget(tmp_path / "mbox")
+    deliver(target, [b"kept\n"])
+    before = target.path.read_bytes()
+    target.begin("uidl-2").write(b"y" * 200_000)
+    target.close()
+    assert target.path.read_bytes() == before
+    assert not Path(f"{target.path}.lock").exists()
+
+
+def test_one_message_at_a_time(mbox: MboxTarget) -> None:
+    mbox.begin("uidl-1")
+    with pytest.raises(LocalProtocolError):
+        mbox.begin("uidl-2")
+
+
+def test_delivered_can_only_say_no(mbox: MboxTarget) -> None:
+    assert mbox.delivered("0") is False  # no file yet
+    intent = deliver(mbox, [b"x\n"])
+    assert mbox.delivered(intent) is None  # the sync layer compares the tail
+    assert mbox.delivered(str(mbox.path.stat().st_size)) is False
+    assert mbox.delivered("garbage") is None
+
+
+_HOLD_FCNTL = """
+import fcntl, os, sys
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o600)
+fcntl.lockf(fd, fcntl.LOCK_EX)
+print("locked", flush=True)
+sys.stdin.read()
+"""
+
+_TRY_FCNTL = """
+import fcntl, os, sys
+fd = os.open(sys.argv[1], os.O_RDWR)
+try:
+    fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+except OSError:
+    print("busy")
+else:
+    print("free")
+"""
+
+
+def test_fcntl_lock_held_elsewhere_times_out(mbox: MboxTarget) -> None:
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLD_FCNTL, str(mbox.path)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
+    assert holder.stdin is not None and holder.stdout is not None
+    try:
+        assert holder.stdout.readline() == b"locked\n"
+        started = time.monotonic()
+        with pytest.raises(LockedError) as info:
+            mbox.begin("uidl-1")
+        assert 0.5 <= time.monotonic() - started < 2.0
+        assert str(info.value) == f"mbox {mbox.path} is locked by another program"
+        assert info.value.exit_code == 75
+        assert not Path(f"{mbox.path}.lock").exists()  # our dot-lock was given back
+    finally:
+        holder.stdin.close()
+        holder.stdout.close()
+        holder.wait()
+    deliver(mbox, [b"after the holder left\n"])
+    assert split_mboxrd(mbox.path.read_bytes()) == [b"after the holder left\n"]
+
+
+def test_both_locks_are_held_until_close(tmp_path: Path) -> None:
+    target = MboxTarget(tmp_path / "mbox")
+    deliver(target, [b"x\n"])
+    lock = tmp_path / "mbox.lock"
+    probe = [sys.executable, "-c", _TRY_FCNTL, str(target.path)]
+    assert lock.read_bytes() == b"%d\n" % os.getpid()
+    assert subprocess.run(probe, capture_output=True).stdout == b"busy\n"
+    target.close()
+    assert not lock.exists()
+    assert subprocess.run(probe, capture_output=True).stdout == b"free\n"
+
+
+def test_fresh_dot_lock_times_out_and_is_left_alone(mbox: MboxTarget) -> None:
+    lock = Path(f"{mbox.path}.lock")
+    lock.write_bytes(b"12345\n")
+    with pytest.raises(LockedError):
+        mbox.begin("uidl-1")
+    assert lock.read_bytes() == b"12345\n"
+
+
+def test_stale_dot_lock_is_removed(mbox: MboxTarget) -> None:
+    lock = Path(f"{mbox.path}.lock")
+    lock.write_bytes(b"12345\n")
+    old = time.time() - 600
+    os.utime(lock, (old, old))
+    deliver(mbox, [b"x\n"])
+    assert lock.read_bytes() == b"%d\n" % os.getpid()
+
+
+def test_a_directory_is_not_an_mbox(tmp_path: Path) -> None:
+    (tmp_path / "mbox").mkdir()
+    target = open_target(parse_deliver(f"mbox:{tmp_path}/mbox"))
+    with pytest.raises(DeliveryError) as info:
+        target.begin("uidl-1")
+    assert str(info.value) == f"cannot open mbox {tmp_path}/mbox: Is a directory"
+    assert info.value.exit_code == 73
+    target.close()
+
+
+_DELIVER_SCRIPT = """
+import sys
+from fetchpop.deliver import open_target, parse_deliver
+from fetchpop.errors import FetchpopError
+try:
+    target = open_target(parse_deliver(sys.argv[1]))
+    delivery = target.begin("uidl-1")
+    delivery.write(b"x")
+    delivery.finish()
+except FetchpopError as exc:
+    print(type(exc).__name__, exc.exit_code, exc)
+"""
+
+
+def deliver_read_only(directory: Path, spec: str) -> str:
+    """Deliver to *spec* in a child to which *directory* is read-only; returns its output.
+
+    A copy of the helper in test_deliver_maildir.py (test modules do not import each other).
+
+    Root ignores file modes, so as root *directory* is bind-mounted read-only
+    in a private mount namespace; otherwise its tree is made mode 0555.
+    """
+    repo = str(Path(fetchpop.__file__).resolve().parent.parent)
+    command = [sys.executable, "-c", _DELIVER_SCRIPT, spec]
+    env = {**os.environ, "PYTHONPATH": repo}
+    if os.geteuid() == 0:
+        remount = 'mount --bind "$1" "$1" && mount -o remount,ro,bind "$1" && shift && exec "$@"'
+        command = ["unshare", "--mount", "sh", "-c", remount, "sh", str(directory), *command]
+        try:
+            done = subprocess.run(command, env=env, capture_output=True)
+        except OSError as exc:
+            pytest.skip(f"cannot make a read-only bind mount: {exc}")
+        if done.returncode != 0 and not done.stdout:
+            pytest.skip(f"cannot make a read-only bind mount: {done.stderr!r}")
+    else:
+        modes = {path: path.stat().st_mode for path in [directory, *directory.rglob("*")]}
+        for path in modes:
+            path.chmod(0o555)
+        try:
+            done = subprocess.run(command, env=env, capture_output=True)
+        finally:
+            for path, mode in modes.items():
+                path.chmod(mode)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.decode()
+
+
+READ_ONLY = "(Permission denied|Read-only file system)"
+
+
+def test_read_only_directory_is_a_delivery_error(tmp_path: Path) -> None:
+    (tmp_path / "ro").mkdir()
+    out = deliver_read_only(tmp_path / "ro", f"mbox:{tmp_path}/ro/mbox")
+    expected = f"DeliveryError 73 cannot open mbox {tmp_path}/ro/mbox: {READ_ONLY}\\n"
+    assert re.fullmatch(expected, out), out
