@@ -67,6 +67,16 @@ def test_bad_values_say_what_is_wrong(value: str, message: str) -> None:
     assert str(info.value).startswith(message)
 
 
+def test_an_explicit_environment_is_used_instead_of_os_environ() -> None:
+    env = {"HOME": "/home/zed", "BOX": "inbox"}
+    assert parse_deliver("mbox:~/$BOX", env) == DeliverySpec("mbox", path=Path("/home/zed/inbox"))
+    assert parse_deliver("mda:~/bin/mda ~", env).command == ("/home/zed/bin/mda", "/home/zed")
+    with pytest.raises(ValueError, match="environment variable \\$MAILROOT"):
+        parse_deliver("mbox:$MAILROOT/x", env)
+    with pytest.raises(ValueError, match="HOME is not set"):
+        parse_deliver("maildir:~/Mail", {})
+
+
 def test_open_target_kinds(tmp_path: Path) -> None:
     maildir = open_target(parse_deliver(f"maildir:{tmp_path}/Mail"))
     mbox = open_target(parse_deliver(f"mbox:{tmp_path}/mbox"), mbox_lock_timeout=1.0)

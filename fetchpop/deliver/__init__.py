@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 import shlex
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -47,15 +48,26 @@ class DeliverySpec:
     command: tuple[str, ...] | None = None
 
 
-def _expand_path(text: str) -> Path:
+def _expand_user(text: str, env: Mapping[str, str]) -> str:
+    if not text.startswith("~"):
+        return text
+    if text != "~" and not text.startswith("~/"):
+        return os.path.expanduser(text)  # ~user, from the password database
+    home = env.get("HOME")
+    if home is None:
+        raise ValueError(f"cannot expand ~ in {text!r}: HOME is not set")
+    return home if text == "~" else home.rstrip("/") + text[1:]
+
+
+def _expand_path(text: str, env: Mapping[str, str]) -> Path:
     def variable(match: re.Match[str]) -> str:
         name = match.group(1) or match.group(2)
-        value = os.environ.get(name)
+        value = env.get(name)
         if value is None:
             raise ValueError(f"environment variable ${name} in {text!r} is not set")
         return value
 
-    expanded = _VARIABLE.sub(variable, os.path.expanduser(text))
+    expanded = _VARIABLE.sub(variable, _expand_user(text, env))
     if "\0" in expanded:
         raise ValueError(f"path {text!r} contains a NUL character")
     # A cron job's working directory is arbitrary: relative paths would wander.
@@ -64,7 +76,7 @@ def _expand_path(text: str) -> Path:
     return Path(expanded)
 
 
-def _split_command(text: str) -> tuple[str, ...]:
+def _split_command(text: str, env: Mapping[str, str]) -> tuple[str, ...]:
     try:
         words = shlex.split(text)
     except ValueError as exc:  # "No closing quotation" and the like
@@ -74,18 +86,20 @@ def _split_command(text: str) -> tuple[str, ...]:
     if any("\0" in word for word in words):
         raise ValueError(f"mda command {text!r} contains a NUL character")
     # No shell runs the command, so do the one expansion people rely on.
-    return tuple(os.path.expanduser(word) if word.startswith("~") else word for word in words)
+    return tuple(_expand_user(word, env) for word in words)
 
 
-def parse_deliver(value: str) -> DeliverySpec:
+def parse_deliver(value: str, env: Mapping[str, str] | None = None) -> DeliverySpec:
     """Parse ``maildir:DIR``, ``mbox:FILE`` or ``mda:COMMAND``.
 
     ``~`` and ``$VAR``/``${VAR}`` are expanded in DIR and FILE, which must then
     be absolute. COMMAND is split into words as a POSIX shell would (quotes,
     backslashes), but no shell runs it: no ``$VAR``, globs, pipes or
-    redirections; a word starting with ``~`` is expanded. Raises
+    redirections; a word starting with ``~`` is expanded. *env* (default
+    ``os.environ``) supplies ``$HOME`` and the variables. Raises
     :class:`ValueError` with a message fit for a config error.
     """
+    env = os.environ if env is None else env
     kind, colon, rest = value.partition(":")
     kind = kind.strip().lower()
     rest = rest.strip()
@@ -95,8 +109,9 @@ def parse_deliver(value: str) -> DeliverySpec:
         what = "command" if kind == "mda" else "path"
         raise ValueError(f"{value!r} lacks the {what} after {kind}:")
     if kind == "mda":
-        return DeliverySpec("mda", command=_split_command(rest))
-    return DeliverySpec("maildir" if kind == "maildir" else "mbox", path=_expand_path(rest))
+        return DeliverySpec("mda", command=_split_command(rest, env))
+    path = _expand_path(rest, env)
+    return DeliverySpec("maildir" if kind == "maildir" else "mbox", path=path)
 
 
 def open_target(
