@@ -464,3 +464,94 @@ def status(accounts: tuple[str, ...], as_json: bool) -> None:
         return 0
 
     guard(env, run)
+
+
+@main.group()
+def password() -> None:
+    """Store or remove an account's password in the system keyring."""
+
+
+@password.command(name="set")
+@click.argument("account")
+def password_set(account: str) -> None:
+    """Ask for ACCOUNT's password (without echo) and store it in the keyring."""
+    env = _env()
+
+    def run() -> int:
+        from fetchpop.errors import UsageError
+        from fetchpop.secrets import keyring_username, set_password
+
+        (acct,) = env.load_config().select([account])
+        if not env.stdin_isatty:
+            raise UsageError("password set needs a terminal to ask for the password")
+        import getpass
+
+        secret = getpass.getpass(f"Password for {keyring_username(acct)}: ")
+        if not secret:
+            raise UsageError("no password entered; nothing stored")
+        if getpass.getpass("Again: ") != secret:
+            raise UsageError("the two passwords differ; nothing stored")
+        set_password(acct, secret)
+        env.info(f"{acct.name}: password stored in the system keyring", level=0)
+        return 0
+
+    guard(env, run)
+
+
+@password.command(name="delete")
+@click.argument("account")
+def password_delete(account: str) -> None:
+    """Remove ACCOUNT's password from the system keyring."""
+    env = _env()
+
+    def run() -> int:
+        from fetchpop.secrets import delete_password
+
+        (acct,) = env.load_config().select([account])
+        if delete_password(acct):
+            env.info(f"{acct.name}: password removed from the system keyring", level=0)
+        else:
+            env.info(f"{acct.name}: no password was stored in the system keyring", level=0)
+        return 0
+
+    guard(env, run)
+
+
+@main.command()
+@click.argument("account")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")
+def serverinfo(account: str, as_json: bool) -> None:
+    """Show the server's greeting, capabilities, TLS version and certificate."""
+    env = _env()
+
+    def run() -> int:
+        from fetchpop.sync import probe
+
+        (acct,) = env.load_config().select([account])
+        info = probe(acct, env.password_source(acct), log=_transcript(env, acct.name))
+        if as_json:
+            json.dump(info, env.stdout, indent=2)
+            env.stdout.write("\n")
+            return 0
+        out = env.stdout
+        print(f"{acct.name}: {acct.host} port {acct.port}, tls = {acct.tls}", file=out)
+        print(f"greeting: {info['greeting']}", file=out)
+        tls = info["tls"]
+        if tls:
+            print(f"TLS: {tls['version']}, cipher {tls['cipher']}", file=out)
+            print(f"certificate fingerprint: {tls['fingerprint']}", file=out)
+            print(f"  subject: {tls['subject']}", file=out)
+            print(f"  issuer:  {tls['issuer']}", file=out)
+            print(f"  expires: {tls['not_after']}", file=out)
+        else:
+            print("TLS: none (clear text)", file=out)
+        for stage in ("before_tls", "before_login", "after_login"):
+            caps = info["capabilities"].get(stage)
+            if stage in info["capabilities"]:
+                text = "CAPA not supported" if caps is None else " ".join(caps) or "(none)"
+                print(f"capabilities {stage.replace('_', ' ')}: {text}", file=out)
+        if info.get("login_error"):
+            print(f"login: {info['login_error']}", file=out)
+        return 0
+
+    guard(env, run)

@@ -23,11 +23,12 @@ import dataclasses
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from fetchpop.config import Account, format_deliver
 from fetchpop.deliver import DeliverySpec, open_target, parse_deliver
 from fetchpop.deliver.base import Target
-from fetchpop.errors import CapabilityError, FetchpopError
+from fetchpop.errors import CapabilityError, FetchpopError, sanitize
 from fetchpop.pop3 import auth
 from fetchpop.pop3.client import PIPELINE_WINDOW, Client, Log, describe
 from fetchpop.pop3.protocol import Reply
@@ -79,8 +80,14 @@ class SyncResult:
 # -- the session ---------------------------------------------------------------
 
 
-def connect(account: Account, password: PasswordSource, *, log: Log | None = None) -> Client:
-    """Open, secure and log in to *account*'s server. The caller QUITs or closes."""
+def open_connection(
+    account: Account, *, log: Log | None = None, seen_caps: dict[str, object] | None = None
+) -> Client:
+    """Connect and secure the channel (implicit TLS or STLS), up to the login.
+
+    *seen_caps*, when given, receives the capabilities at each stage.
+    """
+    caps = seen_caps if seen_caps is not None else {}
     context = None
     if account.tls != "off":
         context = make_ssl_context(account.ca_file, account.tls_fingerprint)
@@ -93,19 +100,59 @@ def connect(account: Account, password: PasswordSource, *, log: Log | None = Non
     )
     try:
         client = Client(transport, log=log)
-        client.capa()
         if account.tls == "starttls":
             assert context is not None
+            caps["before_tls"] = client.capa()
             client.stls(context, account.tls_fingerprint)
-            client.capa()
+        caps["before_login"] = client.capa()
+    except BaseException:
+        transport.close()
+        raise
+    return client
+
+
+def connect(account: Account, password: PasswordSource, *, log: Log | None = None) -> Client:
+    """Open, secure and log in to *account*'s server. The caller QUITs or closes."""
+    client = open_connection(account, log=log)
+    try:
         login(client, account, password)
         # RFC 2449 section 5: capabilities may change after login.
         if client.capabilities is not None:
             client.capa()
     except BaseException:
-        transport.close()
+        client.close()
         raise
     return client
+
+
+def probe(account: Account, password: PasswordSource, *, log: Log | None = None) -> dict[str, Any]:
+    """What ``fetchpop serverinfo`` shows: greeting, TLS details, CAPA at each stage.
+
+    A failed login is reported in the result, not raised: the rest is still useful.
+    """
+    caps: dict[str, object] = {}
+    client = open_connection(account, log=log, seen_caps=caps)
+    info: dict[str, Any] = {
+        "greeting": sanitize(client.greeting.text),
+        "apop": client.greeting.timestamp is not None,
+        "tls": None,
+        "capabilities": caps,
+        "login_error": None,
+    }
+    tls = client.transport.tls_info()
+    if tls is not None:
+        info["tls"] = dataclasses.asdict(tls)
+    try:
+        login(client, account, password)
+        caps["after_login"] = client.capa()
+        client.quit()
+    except FetchpopError as exc:
+        info["login_error"] = str(exc)
+        client.close()
+    except BaseException:
+        client.close()
+        raise
+    return info
 
 
 def login(client: Client, account: Account, password: PasswordSource) -> None:
