@@ -33,7 +33,7 @@ from fetchpop.pop3 import auth
 from fetchpop.pop3.client import PIPELINE_WINDOW, Client, Log, describe
 from fetchpop.pop3.protocol import Reply
 from fetchpop.pop3.transport import Transport, make_ssl_context
-from fetchpop.seenstore import SeenStore
+from fetchpop.seenstore import Intent, SeenStore
 
 #: Group commit: flush after this many messages or bytes, whichever first.
 BATCH_MESSAGES = 64
@@ -289,7 +289,6 @@ class Session:
         assert mailbox is not None
         self._mailbox = mailbox
         with _target(account.deliver, account) as target:
-            self._reconcile(target)
             client = connect(account, self.password, log=self.log)
             try:
                 self._transact(client, target)
@@ -298,37 +297,55 @@ class Session:
                 raise
         return self.result
 
-    def _reconcile(self, target: Target) -> None:
-        """Resolve intents left by a run that was killed (SPEC section 1, promise 2)."""
-        recorded, dropped = [], []
+    def _reconcile(self, client: Client, target: Target, messages: list[ServerMessage]) -> None:
+        """Resolve intents left by a run that was killed (SPEC section 1, promise 2).
+
+        A Maildir answers from its directories. An mbox whose file grew past
+        the intent's offset is compared with the server's copy (a partial tail
+        is cut off). An MDA cannot be asked: the message is delivered again,
+        at least once, never lost; fetchpop(1) says so.
+        """
+        intents = self.store.intents(self._mailbox)
+        if not intents:
+            return
+        on_server = {m.uidl: m for m in messages}
         current = format_deliver(self.account.deliver)
-        for intent in self.store.intents(self._mailbox):
+        recorded: list[Intent] = []
+        dropped: list[Intent] = []
+        for intent in intents:
             if intent.target == current:
                 found = target.delivered(intent.detail)
+                if found is None and intent.uidl in on_server:
+                    msg = on_server[intent.uidl]
+                    found = self._confirm(client, target, intent.detail, msg)
             else:
                 with _target(parse_deliver(intent.target), self.account) as other:
                     found = other.delivered(intent.detail)
-            if found:
-                recorded.append(intent)
-            else:
-                # False: not there, deliver again. None (an MDA, or an mbox
-                # tail we cannot vouch for): delivering again may duplicate,
-                # but never loses mail; fetchpop(1) says so.
-                dropped.append(intent.id)
+            (recorded if found else dropped).append(intent)
         if recorded:
             self.store.record(
                 self._mailbox, [i.uidl for i in recorded], done=[i.id for i in recorded]
             )
+            self.store.sync()
             self.result.warnings.append(
                 f"{len(recorded)} message(s) delivered by an interrupted run were recorded"
             )
         if dropped:
-            self.store.drop_intents(dropped)
+            self.store.drop_intents([i.id for i in dropped])
+
+    @staticmethod
+    def _confirm(client: Client, target: Target, detail: str, msg: ServerMessage) -> bool:
+        for _, body in client.retrieve([(msg.number, msg.size)]):
+            if isinstance(body, Reply):
+                return False
+            return target.confirm(detail, body)
+        return False
 
     def _transact(self, client: Client, target: Target) -> None:
         account = self.account
         messages, repeats = server_messages(client)
         self.result.server_messages = len(messages)
+        self._reconcile(client, target, messages)
         if repeats:
             self.result.warnings.append(f"server lists {repeats} repeated UIDL(s)")
         seen = self.store.seen(self._mailbox)

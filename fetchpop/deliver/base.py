@@ -10,6 +10,7 @@ unfinished message.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Protocol
 
 
@@ -47,5 +48,12 @@ class Target(Protocol):
         """Crash recovery: is the message begun with *intent* durably here?
 
         ``None`` means the target cannot tell (an MDA; an mbox whose tail
-        needs comparing with the server's copy).
+        needs comparing with the server's copy, see ``confirm``).
+        """
+
+    def confirm(self, intent: str, message: Iterable[bytes]) -> bool:
+        """After ``delivered()`` said ``None``: compare with the server's copy.
+
+        True when *message* is durably here; False when it is not (and any
+        partial copy has been removed), or the target cannot tell (an MDA).
         """

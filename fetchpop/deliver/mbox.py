@@ -22,6 +22,7 @@ import os
 import re
 import stat
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 from fetchpop.deliver._oserror import make_dirs, os_error
@@ -313,6 +314,34 @@ class MboxTarget:
             raise self.error(exc) from exc
         return False if size <= offset else None
 
+    def confirm(self, intent: str, message: Iterable[bytes]) -> bool:
+        """Crash recovery: is *message* (the server's copy) in the file at *intent*?
+
+        Compares the bytes after the separator line with the quoted message,
+        streaming. A partial copy at the very end of the file (a run killed
+        mid-write) is truncated away; then, or on any difference, False.
+        """
+        offset = int(intent)
+        fd = self._locked_fd()
+        try:
+            reader = _Reader(fd, offset)
+            same = reader.skip_separator()
+            quoter = _Quoter()
+            last = b""
+            for chunk in message:
+                if chunk:
+                    last = chunk[-1:]
+                same = same and reader.expect(quoter.feed(chunk))
+            ending = quoter.end() + (b"\n" if last != b"\n" else b"") + b"\n"
+            same = same and reader.expect(ending) and reader.at_boundary()
+            if not same and reader.hit_eof:
+                # Our own partial message is the file's tail: remove it.
+                os.ftruncate(fd, offset)
+                os.fsync(fd)
+        except OSError as exc:
+            raise self.error(exc) from exc
+        return same
+
     def touch_lock(self) -> None:
         """Refresh the dot-lock's time now and then during a long run."""
         if self._dotlocked and time.monotonic() - self._touched >= _TOUCH_INTERVAL:
@@ -427,3 +456,48 @@ class MboxTarget:
                 self.lock_path.unlink(missing_ok=True)
         finally:
             os.close(fd)  # releases the fcntl lock
+
+
+class _Reader:
+    """Sequential reads of an mbox from an offset, for :meth:`MboxTarget.confirm`."""
+
+    def __init__(self, fd: int, offset: int) -> None:
+        self._fd = fd
+        self._pos = offset
+        self.hit_eof = False
+
+    def _read(self, size: int) -> bytes:
+        data = os.pread(self._fd, size, self._pos)
+        self._pos += len(data)
+        if len(data) < size:
+            self.hit_eof = True
+        return data
+
+    def skip_separator(self) -> bool:
+        """Skip the blank-line prefix (at most two newlines) and the ``From `` line."""
+        head = os.pread(self._fd, 2 + 1024, self._pos)
+        start = 0
+        while start < 2 and head[start : start + 1] == b"\n":
+            start += 1
+        end = head.find(b"\n", start)
+        if end < 0 or head[start : start + 5] != _FROM:
+            # Cut short inside the separator: a partial message of ours.
+            self.hit_eof = end < 0 and len(head) < 2 + 1024
+            return False
+        self._pos += end + 1
+        return True
+
+    def expect(self, data: bytes) -> bool:
+        """Whether the next bytes of the file are *data*."""
+        view = memoryview(data)
+        while view:
+            piece = view[: 1024 * 1024]
+            if self._read(len(piece)) != piece:
+                return False
+            view = view[len(piece) :]
+        return True
+
+    def at_boundary(self) -> bool:
+        """End of file, or the next message's separator."""
+        following = os.pread(self._fd, 5, self._pos)
+        return following in (b"", _FROM) or following.startswith(b"\n")

@@ -18,6 +18,7 @@ import select
 import signal
 import subprocess
 import threading
+from collections.abc import Iterable
 from typing import IO
 
 from fetchpop.deliver._oserror import os_error
@@ -206,3 +207,9 @@ class MdaTarget:
     def delivered(self, intent: str) -> bool | None:
         """An MDA leaves nothing to look for: always ``None``."""
         return None
+
+    def confirm(self, intent: str, message: Iterable[bytes]) -> bool:
+        """An MDA's deliveries cannot be checked: deliver again (at least once)."""
+        for _ in message:
+            pass
+        return False
