@@ -87,6 +87,39 @@ class Environment:
         return get
 
 
+class Signals:
+    """SIGINT and SIGTERM during a sync: stop at the next safe point.
+
+    The first signal lets the message in flight finish and be recorded (the
+    session calls :meth:`check` between messages); a second one stops at once,
+    and the delivery in flight is abandoned cleanly (its tmp file removed, its
+    intent left for the next run to resolve).
+    """
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+
+    def install(self) -> None:
+        import signal
+
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, self._handle)
+
+    def _handle(self, signum: int, _frame: object) -> None:
+        from fetchpop.errors import Interrupted
+
+        if self.received is not None:
+            raise Interrupted(signum)
+        self.received = signum
+
+    def check(self) -> None:
+        """Raise Interrupted if a signal has arrived."""
+        from fetchpop.errors import Interrupted
+
+        if self.received is not None:
+            raise Interrupted(self.received)
+
+
 def _exit(code: int) -> NoReturn:
     sys.exit(code)
 
@@ -207,22 +240,27 @@ def sync(accounts: tuple[str, ...], as_json: bool, wait: float) -> None:
     def run() -> int:
         config = env.load_config()
         selected = config.select(accounts)
+        signals = Signals()
+        signals.install()
         with _open_store(env) as store:
             codes, reports = [], []
             for account in selected:
-                code, report = _sync_one(env, store, account, wait)
+                signals.check()
+                code, report = _sync_one(env, store, account, wait, signals)
                 codes.append(code)
                 reports.append(report)
         if as_json:
             json.dump({"accounts": reports}, env.stdout, indent=2)
             env.stdout.write("\n")
+        if signals.received is not None:
+            return ExitCode.INTERRUPTED if signals.received == 2 else ExitCode.TERMINATED
         return combine(codes)
 
     guard(env, run)
 
 
 def _sync_one(
-    env: Environment, store: SeenStore, account: Account, wait: float
+    env: Environment, store: SeenStore, account: Account, wait: float, signals: Signals
 ) -> tuple[int, dict[str, Any]]:
     from fetchpop.locks import MailboxLock
     from fetchpop.seenstore import RunRecord
@@ -247,6 +285,7 @@ def _sync_one(
                 env.password_source(account),
                 log=_transcript(env, account.name),
                 progress=progress if progress.enabled else None,
+                checkpoint=signals.check,
             )
             result = session.run()
         code, message = 0, "ok"

@@ -270,6 +270,7 @@ class Session:
         log: Log | None = None,
         progress: Progress | None = None,
         now: Callable[[], float] = time.time,
+        checkpoint: Callable[[], None] | None = None,
     ) -> None:
         self.account = account
         self.store = store
@@ -277,6 +278,8 @@ class Session:
         self.log = log
         self.progress = progress
         self.now = now
+        # Called between messages; raises (Interrupted) to stop at a safe point.
+        self.checkpoint = checkpoint or (lambda: None)
         self.result = SyncResult(account.name)
         self._mailbox = 0
         self._batch: list[tuple[int, str, int]] = []  # (intent id, uidl, octets)
@@ -381,6 +384,7 @@ class Session:
                 )
                 continue
             octets = self._deliver_one(target, msg, body)
+            self.checkpoint()
             pending_octets += octets
             if len(self._batch) >= BATCH_MESSAGES or pending_octets >= BATCH_OCTETS:
                 self._commit(target)
