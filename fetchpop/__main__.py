@@ -1,5 +1,5 @@
 """Allow ``python -m fetchpop``."""
 
-from fetchpop.cli import main
+from fetchpop.cli import run
 
-main()
+run()

@@ -112,6 +112,13 @@ class Signals:
             raise Interrupted(signum)
         self.received = signum
 
+    def sleep(self, seconds: float) -> bool:
+        """Sleep, waking early for a signal; True when one arrived."""
+        deadline = time.monotonic() + seconds
+        while self.received is None and time.monotonic() < deadline:
+            time.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
+        return self.received is not None
+
     def check(self) -> None:
         """Raise Interrupted if a signal has arrived."""
         from fetchpop.errors import Interrupted
@@ -228,39 +235,116 @@ def _open_store(env: Environment) -> SeenStore:
 @click.option(
     "--wait",
     "wait",
-    type=float,
+    type=click.FloatRange(min=0),
     default=0.0,
     metavar="SECONDS",
     help="Wait this long for another run's lock on a mailbox.",
 )
-def sync(accounts: tuple[str, ...], as_json: bool, wait: float) -> None:
+@click.option(
+    "--accept-new-uidls",
+    is_flag=True,
+    help="Fetch even when the server seems to have reset its UIDLs.",
+)
+@click.option(
+    "-j",
+    "--jobs",
+    type=click.IntRange(min=1, max=32),
+    default=1,
+    metavar="N",
+    help="Sync up to N accounts at the same time.",
+)
+@click.option(
+    "--every",
+    metavar="INTERVAL",
+    help="Keep running: sync every INTERVAL (e.g. 300, 5m, 1h), backing off after failures.",
+)
+def sync(
+    accounts: tuple[str, ...],
+    as_json: bool,
+    wait: float,
+    accept_new_uidls: bool,
+    jobs: int,
+    every: str | None,
+) -> None:
     """Fetch new mail for the named accounts (all when none named)."""
     env = _env()
+    interval = _interval(every) if every is not None else None
 
-    def run() -> int:
-        config = env.load_config()
-        selected = config.select(accounts)
-        signals = Signals()
-        signals.install()
-        with _open_store(env) as store:
-            codes, reports = [], []
-            for account in selected:
-                signals.check()
-                code, report = _sync_one(env, store, account, wait, signals)
-                codes.append(code)
-                reports.append(report)
+    def once(signals: Signals) -> int:
+        selected = env.load_config().select(accounts)
+
+        def one(account: Account) -> tuple[int, dict[str, Any]]:
+            signals.check()
+            return _sync_one(env, account, wait, signals, accept_new_uidls)
+
+        if jobs > 1 and len(selected) > 1:
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(max_workers=jobs) as pool:
+                results = list(pool.map(one, selected))
+        else:
+            results = [one(account) for account in selected]
         if as_json:
-            json.dump({"accounts": reports}, env.stdout, indent=2)
+            json.dump({"accounts": [r for _, r in results]}, env.stdout, indent=2)
             env.stdout.write("\n")
+            env.stdout.flush()
         if signals.received is not None:
             return ExitCode.INTERRUPTED if signals.received == 2 else ExitCode.TERMINATED
-        return combine(codes)
+        return combine([c for c, _ in results])
+
+    def run() -> int:
+        signals = Signals()
+        signals.install()
+        if interval is None:
+            return once(signals)
+        failures = 0
+        while True:
+            code = once(signals)
+            if signals.received is not None:
+                return code
+            failures = failures + 1 if code else 0
+            # Back off after failures: double the pause each time, up to an hour.
+            pause = min(interval * 2**failures, max(interval, 3600.0))
+            if failures:
+                env.info(f"next try in {pause:.0f} s", level=1)
+            if signals.sleep(pause):
+                return ExitCode.OK  # asked to stop between runs: a clean exit
 
     guard(env, run)
 
 
+def _interval(text: str) -> float:
+    """Parse ``300``, ``30s``, ``5m``, ``1h``, ``1d`` into seconds (at least 1)."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    value = text.strip().lower()
+    scale = units.get(value[-1:], 0)
+    number = value[:-1] if scale else value
+    if not scale:
+        scale = 1
+    try:
+        seconds = float(number) * scale
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not an interval like 300, 30s, 5m or 1h") from None
+    if not seconds >= 1:
+        raise click.BadParameter("the interval must be at least one second")
+    return seconds
+
+
 def _sync_one(
-    env: Environment, store: SeenStore, account: Account, wait: float, signals: Signals
+    env: Environment, account: Account, wait: float, signals: Signals, accept_new_uidls: bool
+) -> tuple[int, dict[str, Any]]:
+    """Sync one account with its own seen-store connection (so jobs can run in threads)."""
+    with _open_store(env) as store:
+        return _sync_account(env, store, account, wait, signals, accept_new_uidls)
+
+
+def _sync_account(
+    env: Environment,
+    store: SeenStore,
+    account: Account,
+    wait: float,
+    signals: Signals,
+    accept_new_uidls: bool,
 ) -> tuple[int, dict[str, Any]]:
     from fetchpop.locks import MailboxLock
     from fetchpop.seenstore import RunRecord
@@ -286,6 +370,7 @@ def _sync_one(
                 log=_transcript(env, account.name),
                 progress=progress if progress.enabled else None,
                 checkpoint=signals.check,
+                accept_new_uidls=accept_new_uidls,
             )
             result = session.run()
         code, message = 0, "ok"
@@ -506,6 +591,64 @@ def status(accounts: tuple[str, ...], as_json: bool) -> None:
 
 
 @main.group()
+def seen() -> None:
+    """Change what the seen-store knows about a mailbox."""
+
+
+@seen.command(name="mark")
+@click.argument("account")
+@click.option("--dry-run", is_flag=True, help="Only count what would be marked.")
+def seen_mark(account: str, dry_run: bool) -> None:
+    """Record every message now on ACCOUNT's server as seen, without downloading."""
+    env = _env()
+
+    def run() -> int:
+        from fetchpop.locks import MailboxLock
+        from fetchpop.sync import mark_seen
+
+        (acct,) = env.load_config().select([account])
+        log = _transcript(env, acct.name)
+        with MailboxLock(env.state_dir(), acct.mailbox) as lock:
+            lock.acquire()
+            if dry_run:
+                total, new = mark_seen(acct, None, env.password_source(acct), log=log)
+                verb = "would be"
+            else:
+                with _open_store(env) as store:
+                    total, new = mark_seen(acct, store, env.password_source(acct), log=log)
+                verb = "were"
+        print(
+            f"{acct.name}: {total} message(s) on the server; {len(new)} {verb} marked as seen",
+            file=env.stdout,
+        )
+        return 0
+
+    guard(env, run)
+
+
+@seen.command(name="forget")
+@click.argument("account")
+@click.argument("uidls", nargs=-1)
+def seen_forget(account: str, uidls: tuple[str, ...]) -> None:
+    """Make messages fetchable again: the UIDLs given, or all of ACCOUNT's."""
+    env = _env()
+
+    def run() -> int:
+        (acct,) = env.load_config().select([account])
+        with _open_store(env) as store:
+            mailbox = store.mailbox_id(*acct.mailbox, create=False)
+            count = 0
+            if mailbox is not None:
+                count = store.forget(mailbox, list(uidls) if uidls else None)
+                store.clear_problems(mailbox, list(uidls) if uidls else None)
+                store.sync()
+        print(f"{acct.name}: {count} UIDL(s) forgotten", file=env.stdout)
+        return 0
+
+    guard(env, run)
+
+
+@main.group()
 def password() -> None:
     """Store or remove an account's password in the system keyring."""
 
@@ -594,3 +737,18 @@ def serverinfo(account: str, as_json: bool) -> None:
         return 0
 
     guard(env, run)
+
+
+def run(argv: Sequence[str] | None = None) -> NoReturn:
+    """The console-script entry: click's usage errors exit 64 (EX_USAGE), not 2."""
+    try:
+        code = main.main(args=argv, prog_name="fetchpop", standalone_mode=False)
+    except click.UsageError as exc:
+        exc.show()
+        _exit(ExitCode.USAGE)
+    except click.Abort:
+        _exit(ExitCode.INTERRUPTED)
+    except click.ClickException as exc:
+        exc.show()
+        _exit(ExitCode.USAGE)
+    _exit(code if isinstance(code, int) else 0)

@@ -64,6 +64,18 @@ MIGRATIONS: tuple[str, ...] = (
         skipped INTEGER NOT NULL
     );
     """,
+    # 2: messages that were skipped (max_size) or keep failing to deliver, so
+    # a skip is reported once, and a poison message stops being retried.
+    """
+    CREATE TABLE problem (
+        mailbox INTEGER NOT NULL REFERENCES mailbox(id),
+        uidl TEXT NOT NULL,
+        attempts INTEGER NOT NULL,
+        reason TEXT NOT NULL,
+        first REAL NOT NULL,
+        PRIMARY KEY (mailbox, uidl)
+    ) WITHOUT ROWID;
+    """,
 )
 
 
@@ -230,6 +242,9 @@ class SeenStore:
         gone = [uidl for uidl in self.seen(mailbox) if uidl not in present]
         if gone:
             self.forget(mailbox, gone)
+        stale = [uidl for uidl in self.problems(mailbox) if uidl not in present]
+        if stale:
+            self.clear_problems(mailbox, stale)
         return len(gone)
 
     # -- intents ---------------------------------------------------------------
@@ -262,6 +277,45 @@ class SeenStore:
             self._db.execute("PRAGMA wal_checkpoint(FULL)").fetchall()
         except sqlite3.Error as exc:
             raise StoreError(_explain(self.path, exc)) from exc
+
+    # -- problem messages ------------------------------------------------------
+
+    def problems(self, mailbox: int) -> dict[str, tuple[int, str]]:
+        """UIDL -> (attempts, reason) for skipped or failing messages."""
+        rows = self._read(
+            "SELECT uidl, attempts, reason FROM problem WHERE mailbox = ?", (mailbox,)
+        )
+        return {str(u): (int(str(a)), str(r)) for u, a, r in rows}
+
+    def note_problem(self, mailbox: int, uidl: str, reason: str, *, attempt: bool) -> int:
+        """Remember a skip (``attempt=False``) or a failed delivery; returns attempts."""
+        with self._transaction() as db:
+            db.execute(
+                "INSERT INTO problem (mailbox, uidl, attempts, reason, first)"
+                " VALUES (?, ?, 0, ?, ?)"
+                " ON CONFLICT (mailbox, uidl) DO UPDATE SET reason = excluded.reason",
+                (mailbox, uidl, reason, time.time()),
+            )
+            if attempt:
+                db.execute(
+                    "UPDATE problem SET attempts = attempts + 1 WHERE mailbox = ? AND uidl = ?",
+                    (mailbox, uidl),
+                )
+            row = db.execute(
+                "SELECT attempts FROM problem WHERE mailbox = ? AND uidl = ?", (mailbox, uidl)
+            ).fetchone()
+            return int(row[0])
+
+    def clear_problems(self, mailbox: int, uidls: Iterable[str] | None = None) -> None:
+        """Forget problems of *uidls* (all of the mailbox when None)."""
+        with self._transaction() as db:
+            if uidls is None:
+                db.execute("DELETE FROM problem WHERE mailbox = ?", (mailbox,))
+            else:
+                db.executemany(
+                    "DELETE FROM problem WHERE mailbox = ? AND uidl = ?",
+                    ((mailbox, u) for u in uidls),
+                )
 
     # -- runs ------------------------------------------------------------------
 

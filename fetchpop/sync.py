@@ -21,14 +21,20 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
 from fetchpop.config import Account, format_deliver
 from fetchpop.deliver import DeliverySpec, open_target, parse_deliver
 from fetchpop.deliver.base import Target
-from fetchpop.errors import CapabilityError, FetchpopError, sanitize
+from fetchpop.errors import (
+    CapabilityError,
+    DeliveryError,
+    FetchpopError,
+    TempFailError,
+    sanitize,
+)
 from fetchpop.pop3 import auth
 from fetchpop.pop3.client import PIPELINE_WINDOW, Client, Log, describe
 from fetchpop.pop3.protocol import Reply
@@ -39,6 +45,10 @@ from fetchpop.seenstore import Intent, SeenStore
 BATCH_MESSAGES = 64
 BATCH_OCTETS = 16 * 1024 * 1024
 DAY = 86400.0
+#: A message that fails delivery this many times is skipped (and reported).
+MAX_ATTEMPTS = 3
+#: The UIDL-reset brake: this many unknown messages at least ...
+RESET_MIN_UNKNOWN = 20
 
 PasswordSource = Callable[[], str]
 Progress = Callable[[str, int], None]
@@ -219,13 +229,16 @@ def make_plan(
     seen: dict[str, float],
     *,
     now: float,
-    fresh: set[str] = frozenset(),  # type: ignore[assignment]
+    fresh: Collection[str] = (),
+    failing: Mapping[str, tuple[int, str]] | None = None,
 ) -> Plan:
     """Decide what to fetch, skip and delete. Pure: no I/O.
 
-    *fresh* holds UIDLs recorded during this session (they count as seen).
+    *fresh* holds UIDLs recorded during this session (they count as seen);
+    *failing* maps UIDLs to (failed attempts, last reason).
     """
     plan = Plan(messages)
+    failing = failing or {}
     for msg in messages:
         known = msg.uidl in seen or msg.uidl in fresh
         if known:
@@ -242,11 +255,43 @@ def make_plan(
                 (msg, f"larger than max_size ({msg.size} > {account.max_size} octets)")
             )
             continue
+        attempts, reason = failing.get(msg.uidl, (0, ""))
+        if attempts >= MAX_ATTEMPTS:
+            why = f"failed to deliver {attempts} times ({reason}); left on the server"
+            plan.skip.append((msg, why))
+            continue
         if account.max_messages is not None and len(plan.fetch) >= account.max_messages:
             plan.skip.append((msg, "max_messages reached for this run"))
             continue
         plan.fetch.append(msg)
     return plan
+
+
+class UIDLResetError(TempFailError):
+    """Most messages look new although the store knows this mailbox well."""
+
+
+def uidl_reset(plan: Plan, seen: Mapping[str, float]) -> str | None:
+    """Why this looks like a server that renumbered its UIDLs, or None.
+
+    The brake fires when many messages are unknown, although the store knows
+    many UIDLs for this mailbox and hardly any of them are still on the server:
+    the provider migrated or rebuilt the maildrop, and every message looks new.
+    """
+    unknown = len(plan.fetch) + sum(1 for m, _ in plan.skip if m.uidl not in seen)
+    still_there = sum(1 for m in plan.messages if m.uidl in seen)
+    if (
+        unknown >= RESET_MIN_UNKNOWN
+        and len(seen) >= RESET_MIN_UNKNOWN
+        and unknown > len(plan.messages) // 2
+        and still_there < len(seen) // 10
+    ):
+        return (
+            f"{unknown} of the {len(plan.messages)} messages on the server have UIDLs "
+            f"never seen here, and only {still_there} of the {len(seen)} known ones "
+            "are still there: the server may have reset its UIDLs. Nothing was fetched"
+        )
+    return None
 
 
 @contextmanager
@@ -271,6 +316,7 @@ class Session:
         progress: Progress | None = None,
         now: Callable[[], float] = time.time,
         checkpoint: Callable[[], None] | None = None,
+        accept_new_uidls: bool = False,
     ) -> None:
         self.account = account
         self.store = store
@@ -278,6 +324,9 @@ class Session:
         self.log = log
         self.progress = progress
         self.now = now
+        self.accept_new_uidls = accept_new_uidls
+        #: The first per-message delivery failure; raised after the session.
+        self.failure: FetchpopError | None = None
         # Called between messages; raises (Interrupted) to stop at a safe point.
         self.checkpoint = checkpoint or (lambda: None)
         self.result = SyncResult(account.name)
@@ -298,6 +347,8 @@ class Session:
             except BaseException:
                 client.close()
                 raise
+        if self.failure is not None:
+            raise self.failure
         return self.result
 
     def _reconcile(self, client: Client, target: Target, messages: list[ServerMessage]) -> None:
@@ -352,13 +403,24 @@ class Session:
         if repeats:
             self.result.warnings.append(f"server lists {repeats} repeated UIDL(s)")
         seen = self.store.seen(self._mailbox)
-        plan = make_plan(account, messages, seen, now=self.now())
+        problems = self.store.problems(self._mailbox)
+        plan = make_plan(account, messages, seen, now=self.now(), failing=problems)
+        # With keep = false our own deletions empty the server; only a
+        # leave-on-server mailbox can tell a UIDL reset from new mail.
+        if account.keep and not self.accept_new_uidls:
+            reason = uidl_reset(plan, seen)
+            if reason:
+                name = account.name
+                raise UIDLResetError(
+                    f"{reason}; run `fetchpop seen mark {name}` to take them as seen, "
+                    f"or `fetchpop sync --accept-new-uidls {name}` to download them all"
+                )
+        self._note_skips(plan, problems)
         window = PIPELINE_WINDOW if client.has("PIPELINING") else 1
         try:
             self._fetch(client, target, plan.fetch, window)
         finally:
             self._commit(target)
-        self.result.skipped = [(m.uidl, why) for m, why in plan.skip]
         # Only what is recorded (and synced) is considered for deletion.
         plan = make_plan(account, messages, seen, now=self.now(), fresh=self._fresh)
         numbers = [m.number for m, _ in plan.delete]
@@ -369,6 +431,16 @@ class Session:
         self.result.deleted = len(numbers) - len(refused)
         # The session completed: UIDLs gone from the server can go from the store.
         self.store.prune(self._mailbox, {m.uidl for m in messages})
+
+    def _note_skips(self, plan: Plan, problems: Mapping[str, tuple[int, str]]) -> None:
+        """Skipped messages: a warning the first time (max_size), every time (poison)."""
+        self.result.skipped = [(m.uidl, why) for m, why in plan.skip]
+        for msg, why in plan.skip:
+            if msg.uidl in problems and problems[msg.uidl][0] >= MAX_ATTEMPTS:
+                self.result.warnings.append(f"skipped {sanitize(msg.uidl)}: {why}")
+            elif msg.uidl not in problems and why.startswith("larger than max_size"):
+                self.store.note_problem(self._mailbox, msg.uidl, why, attempt=False)
+                self.result.warnings.append(f"skipped {sanitize(msg.uidl)}: {why}")
 
     def _fetch(
         self, client: Client, target: Target, todo: list[ServerMessage], window: int
@@ -383,12 +455,32 @@ class Session:
                     f"message {msg.uidl} vanished before it could be fetched: {describe(body)}"
                 )
                 continue
-            octets = self._deliver_one(target, msg, body)
+            try:
+                octets = self._deliver_one(target, msg, body)
+            except DeliveryError as exc:
+                # This message's fault (an MDA refused it), not the target's:
+                # count the attempt and go on with the others.
+                if not self._poison(msg, exc):
+                    raise
+                continue
             self.checkpoint()
             pending_octets += octets
             if len(self._batch) >= BATCH_MESSAGES or pending_octets >= BATCH_OCTETS:
                 self._commit(target)
                 pending_octets = 0
+
+    def _poison(self, msg: ServerMessage, exc: DeliveryError) -> bool:
+        """Count a failed delivery; True when the session may go on without it."""
+        if self.account.deliver.kind != "mda":
+            return False  # a Maildir or mbox that cannot be written fails for all
+        reason = " ".join(str(exc).split())
+        attempts = self.store.note_problem(self._mailbox, msg.uidl, reason, attempt=True)
+        self.result.warnings.append(
+            f"message {sanitize(msg.uidl)} not delivered (attempt {attempts} of "
+            f"{MAX_ATTEMPTS}): {reason}"
+        )
+        self.failure = self.failure or exc
+        return True
 
     def _deliver_one(self, target: Target, msg: ServerMessage, body: Iterator[bytes]) -> int:
         delivery = target.begin(msg.uidl)
@@ -450,3 +542,35 @@ def check_account(
     plan = make_plan(account, messages, seen, now=time.time() if now is None else now)
     plan.repeated_uidls = repeats
     return plan
+
+
+def mark_seen(
+    account: Account,
+    store: SeenStore | None,
+    password: PasswordSource,
+    *,
+    log: Log | None = None,
+) -> tuple[int, list[str]]:
+    """Record every message now on the server as seen, downloading nothing.
+
+    Returns (messages on the server, UIDLs newly recorded). With *store* None
+    (a dry run) nothing is written; the second item lists what would be.
+    """
+    client = connect(account, password, log=log)
+    try:
+        messages, _ = server_messages(client)
+        client.quit()
+    except BaseException:
+        client.close()
+        raise
+    seen: dict[str, float] = {}
+    mailbox = None
+    if store is not None:
+        mailbox = store.mailbox_id(*account.mailbox)
+        assert mailbox is not None
+        seen = store.seen(mailbox)
+    new = [m.uidl for m in messages if m.uidl not in seen]
+    if store is not None and mailbox is not None:
+        store.record(mailbox, new)
+        store.sync()
+    return len(messages), new

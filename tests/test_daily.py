@@ -1,0 +1,189 @@
+"""Daily use against the real Dovecot: seen mark/forget, the UIDL-reset brake,
+max_size and max_messages, poison messages, --every, --jobs."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from dovecot import DovecotUser
+from runner import Home, maildir_messages
+from test_sync_dovecot import config
+
+pytestmark = pytest.mark.dovecot
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Home:
+    return Home(tmp_path / "home")
+
+
+def _msgs(n: int, tag: str = "m") -> list[bytes]:
+    return [b"Subject: %s %d\n\nbody %d\n" % (tag.encode(), i, i) for i in range(n)]
+
+
+def test_seen_mark_then_only_new_mail(mailbox: DovecotUser, home: Home, tmp_path: Path) -> None:
+    dc = mailbox.dovecot
+    dc.add_messages(mailbox.user, _msgs(30))
+    mail = tmp_path / "Mail"
+    home.write_config(config(mailbox, f"maildir:{mail}"))
+    dry = home.run("seen", "mark", "--dry-run", "home")
+    assert dry.code == 0, dry
+    assert "home: 30 message(s) on the server; 30 would be marked as seen" in dry.stdout
+    assert home.seen_uidls() == set()
+    mark = home.run("seen", "mark", "home")
+    assert mark.code == 0, mark
+    assert "30 were marked as seen" in mark.stdout
+    dc.add_message(mailbox.user, b"Subject: fresh\n\nnew\n")
+    assert home.run("sync").code == 0
+    assert maildir_messages(mail) == [b"Subject: fresh\n\nnew\n"]
+    assert dc.count(mailbox.user) == 31  # nothing deleted
+
+
+def test_seen_forget_makes_messages_fetchable(
+    mailbox: DovecotUser, home: Home, tmp_path: Path
+) -> None:
+    dc = mailbox.dovecot
+    dc.add_messages(mailbox.user, _msgs(3))
+    mail = tmp_path / "Mail"
+    home.write_config(config(mailbox, f"maildir:{mail}"))
+    assert home.run("sync").code == 0
+    first = dc.uidls(mailbox.user)[0]
+    forget = home.run("seen", "forget", "home", first)
+    assert forget.code == 0 and "1 UIDL(s) forgotten" in forget.stdout
+    assert home.run("sync").code == 0
+    assert len(maildir_messages(mail)) == 4  # the forgotten one came again
+    assert "3 UIDL(s) forgotten" in home.run("seen", "forget", "home").stdout
+
+
+def test_uidl_reset_brake(mailbox: DovecotUser, home: Home, tmp_path: Path) -> None:
+    dc = mailbox.dovecot
+    dc.add_messages(mailbox.user, _msgs(40))
+    mail = tmp_path / "Mail"
+    home.write_config(config(mailbox, f"maildir:{mail}"))
+    assert home.run("sync").code == 0
+    # The provider rebuilds the maildrop: same mail, new UIDLs.
+    for path in list((mailbox.maildir / "cur").iterdir()) + list(
+        (mailbox.maildir / "new").iterdir()
+    ):
+        path.unlink()
+    for name in ("dovecot-uidlist", "dovecot-uidvalidity"):
+        for leftover in mailbox.maildir.glob(name + "*"):
+            leftover.unlink()
+    dc.add_messages(mailbox.user, _msgs(40, "again"))
+    result = home.run("sync")
+    assert result.code == 75, result
+    assert "the server may have reset its UIDLs" in result.stderr
+    assert "fetchpop seen mark home" in result.stderr
+    assert "--accept-new-uidls" in result.stderr
+    assert len(maildir_messages(mail)) == 40
+    accepted = home.run("sync", "--accept-new-uidls")
+    assert accepted.code == 0, accepted
+    assert len(maildir_messages(mail)) == 80
+
+
+def test_max_size_skips_and_reports_once(mailbox: DovecotUser, home: Home, tmp_path: Path) -> None:
+    dc = mailbox.dovecot
+    big = b"Subject: big\n\n" + b"x" * 5000 + b"\n"
+    dc.add_messages(mailbox.user, [b"Subject: small\n\nok\n", big])
+    mail = tmp_path / "Mail"
+    home.write_config(config(mailbox, f"maildir:{mail}", max_size="2k", keep=False))
+    first = home.run("sync")
+    assert first.code == 0, first
+    assert "larger than max_size" in first.stderr
+    assert maildir_messages(mail) == [b"Subject: small\n\nok\n"]
+    assert dc.count(mailbox.user) == 1  # the big one stays on the server
+    second = home.run("sync")
+    assert second.code == 0 and second.stderr == "", second  # reported once
+    assert "skipped" in home.run("-v", "sync").stderr  # -v still says so
+
+
+def test_max_messages_per_run(mailbox: DovecotUser, home: Home, tmp_path: Path) -> None:
+    mailbox.dovecot.add_messages(mailbox.user, _msgs(7))
+    mail = tmp_path / "Mail"
+    home.write_config(config(mailbox, f"maildir:{mail}", max_messages=3))
+    assert home.run("sync").code == 0
+    assert len(maildir_messages(mail)) == 3
+    assert home.run("sync").code == 0
+    assert len(maildir_messages(mail)) == 6
+
+
+def test_poison_message_does_not_block_the_rest(
+    mailbox: DovecotUser, home: Home, tmp_path: Path
+) -> None:
+    dc = mailbox.dovecot
+    dc.add_messages(mailbox.user, [b"Subject: good 1\n\n1\n", b"Subject: POISON\n\nx\n"])
+    dc.add_messages(mailbox.user, [b"Subject: good 2\n\n2\n"])
+    out = tmp_path / "out"
+    out.mkdir()
+    script = tmp_path / "mda.py"
+    script.write_text(
+        "import sys, os, uuid\n"
+        "data = sys.stdin.buffer.read()\n"
+        "if b'POISON' in data:\n"
+        "    sys.stderr.write('rejected by filter\\n'); sys.exit(1)\n"
+        f"open(os.path.join({str(out)!r}, uuid.uuid4().hex), 'wb').write(data)\n"
+    )
+    home.write_config(config(mailbox, f"mda:{sys.executable} {script}", keep=False))
+    for attempt in (1, 2, 3):
+        result = home.run("sync")
+        assert result.code == 73, result
+        assert f"not delivered (attempt {attempt} of 3)" in result.stderr
+        assert "rejected by filter" in result.stderr
+    assert len(list(out.iterdir())) == 2
+    assert dc.count(mailbox.user) == 1  # only the poison message is left
+    after = home.run("sync")
+    assert after.code == 0, after
+    assert "failed to deliver 3 times" in after.stderr  # reported on every run
+    assert "failed to deliver 3 times" in home.run("sync").stderr
+    assert dc.count(mailbox.user) == 1
+
+
+def test_jobs_sync_accounts_in_parallel(dovecot: object, home: Home, tmp_path: Path) -> None:
+    from dovecot import Dovecot
+
+    assert isinstance(dovecot, Dovecot)
+    boxes = [dovecot.new_mailbox("jobs") for _ in range(3)]
+    text = ""
+    for i, box in enumerate(boxes):
+        dovecot.add_messages(box.user, _msgs(5, f"acct{i}"))
+        text += config(box, f"maildir:{tmp_path / f'Mail{i}'}", name=f"a{i}")
+    home.write_config(text)
+    result = home.run("sync", "--jobs", "3", "--json")
+    assert result.code == 0, result
+    report = json.loads(result.stdout)
+    assert sorted(a["fetched"] for a in report["accounts"]) == [5, 5, 5]
+    for i in range(3):
+        assert len(maildir_messages(tmp_path / f"Mail{i}")) == 5
+
+
+def test_every_runs_repeatedly_and_stops_on_sigterm(
+    mailbox: DovecotUser, home: Home, tmp_path: Path
+) -> None:
+    dc = mailbox.dovecot
+    dc.add_messages(mailbox.user, _msgs(2))
+    mail = tmp_path / "Mail"
+    home.write_config(config(mailbox, f"maildir:{mail}"))
+    proc = home.popen("sync", "--every", "1s")
+    try:
+        deadline = time.monotonic() + 20
+        while len(maildir_messages(mail)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        dc.add_message(mailbox.user, b"Subject: later\n\nlater\n")
+        while len(maildir_messages(mail)) < 3 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert len(maildir_messages(mail)) == 3
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=20)
+    assert proc.returncode in (0, 143), stderr
+
+
+def test_every_rejects_a_bad_interval(home: Home) -> None:
+    result = home.run("sync", "--every", "soon")
+    assert result.code == 64
+    assert "not an interval" in result.stderr
