@@ -40,9 +40,14 @@ class Environment:
     config_option: str | None = None
     verbose: int = 0
     quiet: bool = False
+    state_override: Path | None = None
+    #: Off only for `fetchpop demo`, whose server is on this machine.
+    warn_clear_text: bool = True
 
     def state_dir(self) -> Path:
         """``<user state dir>/fetchpop`` (Linux: $XDG_STATE_HOME/fetchpop)."""
+        if self.state_override is not None:
+            return self.state_override
         import platformdirs
 
         return Path(platformdirs.user_state_path("fetchpop"))
@@ -353,7 +358,7 @@ def _sync_account(
     started = time.time()
     progress = Progress(env, account.name)
     report: dict[str, Any] = {"account": account.name}
-    if account.tls == "off":
+    if account.tls == "off" and env.warn_clear_text:
         env.warn(
             f'{account.name}: warning: tls = "off": password and mail cross '
             "the network in clear text"
@@ -752,3 +757,82 @@ def run(argv: Sequence[str] | None = None) -> NoReturn:
         exc.show()
         _exit(ExitCode.USAGE)
     _exit(code if isinstance(code, int) else 0)
+
+
+@main.command()
+@click.option(
+    "--dir",
+    "directory",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Where to put the demo's config, state and Maildir (default: a new temporary one).",
+)
+def demo(directory: Path | None) -> None:
+    """Try fetchpop with no mail server: a local server with sample mail, and a real sync."""
+    env = _env()
+
+    def run() -> int:
+        import tempfile
+
+        from fetchpop.demo import PASSWORD, USER, DemoServer
+
+        where = directory or Path(tempfile.mkdtemp(prefix="fetchpop-demo-"))
+        where = where.resolve()
+        where.mkdir(parents=True, exist_ok=True, mode=0o700)
+        config_path = where / "config.toml"
+        mail = where / "Mail"
+        out = env.stdout
+        with DemoServer() as server:
+            config_path.write_text(
+                "# Written by `fetchpop demo`: a POP3 server on this machine with sample mail.\n"  # noqa: S608
+                "[accounts.demo]\n"
+                'host = "127.0.0.1"\n'
+                f"port = {server.port}\n"
+                'tls = "off"  # the demo server is on this machine; never for a real one\n'
+                f'user = "{USER}"\n'
+                f'password = "{PASSWORD}"\n'
+                f'deliver = "maildir:{mail}"\n'
+                "keep = false           # delete from the server once safely delivered\n"
+            )
+            config_path.chmod(0o600)
+            print(
+                f"A demo POP3 server with {len(server.messages)} messages is listening on "
+                f"127.0.0.1 port {server.port}.",
+                file=out,
+            )
+            print(f"Config: {config_path}", file=out)
+            print("Running: fetchpop -v sync", file=out, flush=True)
+            demo_env = dataclasses.replace(
+                env,
+                config_option=str(config_path),
+                state_override=where / "state",
+                verbose=max(env.verbose, 1),
+                warn_clear_text=False,
+            )
+            signals = Signals()
+            signals.install()
+            (account,) = demo_env.load_config().select(["demo"])
+            code, _ = _sync_one(demo_env, account, 0.0, signals, False)
+            if code:
+                return code
+            print("Running it again: nothing new, so nothing is fetched.", file=out, flush=True)
+            code, _ = _sync_one(demo_env, account, 0.0, signals, False)
+        files = sorted((mail / "new").iterdir())
+        print(f"\n{len(files)} messages are now in the Maildir {mail}:", file=out)
+        for path in files:
+            subject = next(
+                (
+                    ln[9:]
+                    for ln in path.read_text(errors="replace").splitlines()
+                    if ln.startswith("Subject: ")
+                ),
+                "?",
+            )
+            print(f"  {path.name[:40]}...  {subject}", file=out)
+        print(
+            "\nNext: write ~/.config/fetchpop/config.toml for your own account "
+            "(see `man fetchpop-config`), then run `fetchpop check` and `fetchpop sync`.",
+            file=out,
+        )
+        return code
+
+    guard(env, run)
