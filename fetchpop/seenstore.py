@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator
@@ -76,6 +77,11 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (mailbox, uidl)
     ) WITHOUT ROWID;
     """,
+    # 3: `seen mark` records messages it never delivered; keep = false and
+    # delete_after_days must not delete those (SPEC section 1, promise 1).
+    """
+    ALTER TABLE seen ADD COLUMN delivered INTEGER NOT NULL DEFAULT 1;
+    """,
 )
 
 
@@ -116,6 +122,9 @@ class SeenStore:
                 )
             else:
                 path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+                # Private from the start: SQLite gives its -wal and -shm files
+                # the database file's mode.
+                os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))
                 self._db = sqlite3.connect(path, isolation_level=None, timeout=10)
         except (sqlite3.Error, OSError) as exc:
             raise StoreError(f"cannot open seen-store {path}: {exc}") from exc
@@ -214,15 +223,28 @@ class SeenStore:
         *,
         done: Iterable[int] = (),
         now: float | None = None,
+        delivered: bool = True,
     ) -> None:
-        """Record *uidls* as seen and drop the intents *done*, in one transaction."""
+        """Record *uidls* as seen and drop the intents *done*, in one transaction.
+
+        ``delivered=False`` records messages as seen without this store having
+        delivered them (``seen mark``): they are never deleted on its behalf.
+        """
         stamp = time.time() if now is None else now
         with self._transaction() as db:
             db.executemany(
-                "INSERT OR IGNORE INTO seen (mailbox, uidl, first_seen) VALUES (?, ?, ?)",
-                ((mailbox, uidl, stamp) for uidl in uidls),
+                "INSERT OR IGNORE INTO seen (mailbox, uidl, first_seen, delivered)"
+                " VALUES (?, ?, ?, ?)",
+                ((mailbox, uidl, stamp, int(delivered)) for uidl in uidls),
             )
             db.executemany("DELETE FROM intent WHERE id = ?", ((i,) for i in done))
+
+    def undelivered(self, mailbox: int) -> set[str]:
+        """UIDLs marked as seen that this store never delivered."""
+        if self._check_version() < 3:  # a read-only look at an older store
+            return set()
+        rows = self._read("SELECT uidl FROM seen WHERE mailbox = ? AND delivered = 0", (mailbox,))
+        return {str(row[0]) for row in rows}
 
     def forget(self, mailbox: int, uidls: Iterable[str] | None = None) -> int:
         """Remove *uidls* (all when None) from the store; returns how many went."""
