@@ -25,6 +25,7 @@ from fetchpop.errors import ExitCode, FetchpopError, sanitize
 
 if TYPE_CHECKING:
     from fetchpop.config import Account, Config
+    from fetchpop.oauth import DeviceCode
     from fetchpop.seenstore import SeenStore
 
 
@@ -77,7 +78,13 @@ class Environment:
         return load_config(find_config_path(self.config_option, self.environ), environ=self.environ)
 
     def password_source(self, account: Account) -> Callable[[], str]:
-        """A callable that fetches the account's password only when the login needs it."""
+        """A callable that fetches the account's password only when the login needs it.
+
+        With ``oauth_provider`` set, the "password" is an OAuth2 access token,
+        refreshed when needed and never prompted for.
+        """
+        if account.oauth_provider is not None:
+            return self._access_tokens(account)
 
         def get() -> str:
             from fetchpop.secrets import get_password
@@ -88,6 +95,26 @@ class Environment:
 
                 prompt = getpass.getpass
             return get_password(account, prompt=prompt)
+
+        return get
+
+    def _access_tokens(self, account: Account) -> Callable[[], str]:
+        tokens: list[Callable[[], str]] = []  # built on first use, then kept for the run
+
+        def get() -> str:
+            if not tokens:
+                from fetchpop.oauth import AccessTokens, HttpClient, provider_for
+                from fetchpop.secrets import OAuthTokenStore
+
+                tokens.append(
+                    AccessTokens(
+                        provider_for(account),
+                        OAuthTokenStore(account),
+                        account_name=account.name,
+                        http=HttpClient(timeout=account.timeout),
+                    )
+                )
+            return tokens[0]()
 
         return get
 
@@ -836,3 +863,120 @@ def demo(directory: Path | None) -> None:
         return code
 
     guard(env, run)
+
+
+# -- OAuth2 sign-in --------------------------------------------------------------
+
+
+@main.group()
+def oauth() -> None:
+    """OAuth2 sign-in for accounts with oauth_provider (Gmail, Microsoft 365)."""
+
+
+@oauth.command(name="login")
+@click.argument("account")
+@click.option("--device", is_flag=True, help="Sign in on another device with a code.")
+@click.option("--no-browser", is_flag=True, help="Print the sign-in URL only; open no browser.")
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    default=0,
+    metavar="PORT",
+    help="Loopback port for the browser's redirect (default: any free one).",
+)
+def oauth_login(account: str, device: bool, no_browser: bool, port: int) -> None:
+    """Sign ACCOUNT in with OAuth2; the refresh token goes to the system keyring."""
+    env = _env()
+
+    def run() -> int:
+        from fetchpop import oauth as oa
+        from fetchpop.errors import ConfigError
+        from fetchpop.secrets import (
+            OAUTH_KEYRING_SERVICE,
+            OAuthTokenStore,
+            keyring_username,
+            require_keyring,
+        )
+
+        (acct,) = env.load_config().select([account])
+        if acct.oauth_provider is None:
+            raise ConfigError(
+                f'account "{acct.name}": oauth_provider is not set (see fetchpop-config(5))'
+            )
+        provider = oa.provider_for(acct)
+        require_keyring()  # before the user signs in: the refresh token goes nowhere else
+        http = oa.HttpClient(timeout=acct.timeout)
+        if device:
+            tokens = oa.login_device(
+                provider, http=http, show=lambda code: _show_device_code(env, acct.name, code)
+            )
+        else:
+            browser = not no_browser and oa.browser_available(env.environ, sys.platform)
+            tokens = oa.login_code(
+                provider,
+                http=http,
+                show_url=lambda url: _show_sign_in_url(env, acct.name, url, browser),
+                open_browser=_open_browser if browser else None,
+                port=port,
+            )
+        OAuthTokenStore(acct).save(tokens.to_record(provider))
+        env.info(
+            f"{acct.name}: signed in; the refresh token is in the system keyring "
+            f"(service {OAUTH_KEYRING_SERVICE}, username {keyring_username(acct)})",
+            level=0,
+        )
+        return 0
+
+    guard(env, run)
+
+
+def _show_sign_in_url(env: Environment, account: str, url: str, browser: bool) -> None:
+    # Shown even with -q: signing in is impossible without it.
+    from fetchpop.oauth import LOGIN_TIMEOUT
+
+    intro = "Opening a browser to" if browser else "Open this page in a browser to"
+    wait = f"waiting up to {LOGIN_TIMEOUT / 60:g} minutes"
+    print(f"{intro} sign in {account} ({wait}):", file=env.stderr)
+    print(f"\n    {url}\n", file=env.stderr, flush=True)
+
+
+def _open_browser(url: str) -> None:
+    import contextlib
+    import webbrowser
+
+    with contextlib.suppress(webbrowser.Error):  # The URL is on the screen.
+        webbrowser.open(url)
+
+
+def _show_device_code(env: Environment, account: str, code: DeviceCode) -> None:
+    minutes = max(1, int(code.expires_in // 60))
+    print(
+        f"To sign in {account}, open {code.verification_uri} on any device and enter "
+        f"the code {code.user_code} (within {minutes} minutes).",
+        file=env.stderr,
+    )
+    if code.verification_uri_complete:
+        print(f"Or open: {code.verification_uri_complete}", file=env.stderr)
+    print("Waiting for the sign-in...", file=env.stderr, flush=True)
+
+
+@oauth.command(name="logout")
+@click.argument("account")
+def oauth_logout(account: str) -> None:
+    """Remove ACCOUNT's OAuth2 tokens from the system keyring."""
+    env = _env()
+
+    def run() -> int:
+        from fetchpop.secrets import OAuthTokenStore
+
+        (acct,) = env.load_config().select([account])
+        if OAuthTokenStore(acct).delete():
+            env.info(f"{acct.name}: OAuth2 tokens removed from the system keyring", level=0)
+        else:
+            env.info(f"{acct.name}: no OAuth2 tokens were stored in the system keyring", level=0)
+        return 0
+
+    guard(env, run)
+
+
+# -- import: take over a peer's accounts and seen state -------------------------------

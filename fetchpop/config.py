@@ -18,6 +18,7 @@ import re
 import shlex
 import sys
 import tomllib
+import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -35,7 +36,12 @@ AuthMethod = Literal[
     "scram-sha-1", "scram-sha-256", "xoauth2", "oauthbearer",
 ]  # fmt: skip
 
+OAuthProvider = Literal["google", "microsoft", "custom"]
+
 TLS_MODES: tuple[Tls, ...] = ("implicit", "starttls", "off")
+OAUTH_PROVIDERS: tuple[OAuthProvider, ...] = ("google", "microsoft", "custom")
+#: The SASL mechanisms that carry an OAuth2 access token.
+OAUTH_AUTH_METHODS: tuple[AuthMethod, ...] = ("xoauth2", "oauthbearer")
 AUTH_METHODS: tuple[AuthMethod, ...] = (
     "auto", "user", "apop", "plain", "login",
     "scram-sha-1", "scram-sha-256", "xoauth2", "oauthbearer",
@@ -70,6 +76,13 @@ class Account:
     auth: AuthMethod = "auto"
     password_command: str | None = None
     password: str | None = field(default=None, repr=False)
+    oauth_provider: OAuthProvider | None = None
+    oauth_client_id: str | None = None
+    oauth_client_secret: str | None = field(default=None, repr=False)
+    oauth_auth_url: str | None = None
+    oauth_token_url: str | None = None
+    oauth_device_url: str | None = None
+    oauth_scopes: tuple[str, ...] | None = None
     keep: bool = True
     delete_after_days: int | None = None
     max_size: int | None = None
@@ -85,13 +98,16 @@ class Account:
     def to_public_dict(self) -> dict[str, object]:
         """Every key as resolved, JSON-ready, for ``fetchpop accounts --json``.
 
-        The password is never shown: ``"***"`` when one is set, else ``None``.
+        Secrets (password, oauth_client_secret) are never shown: ``"***"``
+        when one is set, else ``None``.
         """
         out: dict[str, object] = {"name": self.name}
-        for key in ACCOUNT_KEYS:
+        for key, spec in ACCOUNT_KEYS.items():
             value: object = getattr(self, key)
-            if key == "password":
+            if spec.secret:
                 value = None if value is None else "***"
+            elif isinstance(value, tuple):
+                value = list(value)
             elif key == "deliver":
                 value = format_deliver(self.deliver)
             elif key == "tls_fingerprint" and value is not None:
@@ -298,6 +314,55 @@ def _password(value: object, _env: Mapping[str, str]) -> str:
     return text
 
 
+def _client_id(value: object, _env: Mapping[str, str]) -> str:
+    text: str = _expect(value, str, "a string")
+    if not text:
+        raise ValueError("must not be empty")
+    if any(ch.isspace() for ch in text) or _has_control(text):
+        raise ValueError(f"must not contain spaces or control characters, got {_describe(text)}")
+    return text
+
+
+def _https_url(value: object, _env: Mapping[str, str]) -> str:
+    text: str = _expect(value, str, "a string")
+    hint = f"expected an https:// URL, got {_describe(text)}"
+    if any(ch.isspace() for ch in text) or _has_control(text):
+        raise ValueError(hint)
+    try:
+        parts = urllib.parse.urlsplit(text)
+        parts.port  # noqa: B018 -- raises ValueError for a bad port
+    except ValueError:
+        raise ValueError(hint) from None
+    if parts.scheme.lower() != "https" or not parts.hostname:
+        raise ValueError(hint)
+    # RFC 6749 sections 3.1 and 3.2: an endpoint URI has no fragment.
+    if parts.fragment or text.endswith("#"):
+        raise ValueError(f"must not have a #fragment, got {_describe(text)}")
+    return text
+
+
+# RFC 6749 section 3.3: scope-token = 1*( %x21 / %x23-5B / %x5D-7E )
+_SCOPE_RE = re.compile(r"[\x21\x23-\x5B\x5D-\x7E]+")
+
+
+def _scopes(value: object, _env: Mapping[str, str]) -> tuple[str, ...]:
+    what = "an array of strings or a space-separated string"
+    raw: list[object] | str = _expect(value, (list, str), what)
+    if isinstance(raw, str):
+        items: list[object] = list(raw.split())
+    else:
+        items = raw
+    scopes: list[str] = []
+    for item in items:
+        scope: str = _expect(item, str, what)
+        if not _SCOPE_RE.fullmatch(scope):
+            raise ValueError(f"{_describe(scope)} is not a valid OAuth2 scope (RFC 6749 3.3)")
+        scopes.append(scope)
+    if not scopes:
+        raise ValueError("must name at least one scope")
+    return tuple(dict.fromkeys(scopes))
+
+
 def _deliver(value: object, _env: Mapping[str, str]) -> DeliverySpec:
     text: str = _expect(value, str, "a string")
     return parse_deliver(text)
@@ -377,6 +442,35 @@ _KEY_LIST = [
     KeySpec(
         "password", "string", _password,
         "the password; only accepted when the file is private (chmod 600)", secret=True,
+    ),
+    KeySpec(
+        "oauth_provider", " | ".join(f'"{p}"' for p in OAUTH_PROVIDERS), _choice(OAUTH_PROVIDERS),
+        'sign in with OAuth2 (`fetchpop oauth login`); needs auth = "xoauth2" or "oauthbearer"',
+    ),
+    KeySpec(
+        "oauth_client_id", "string", _client_id,
+        "the OAuth2 client ID of the application registered with the provider",
+    ),
+    KeySpec(
+        "oauth_client_secret", "string", _password,
+        "the OAuth2 client secret, if the provider gave one; only in a private file (chmod 600)",
+        secret=True,
+    ),
+    KeySpec(
+        "oauth_auth_url", "https URL", _https_url,
+        "the OAuth2 authorization endpoint (overrides the provider's)",
+    ),
+    KeySpec(
+        "oauth_token_url", "https URL", _https_url,
+        "the OAuth2 token endpoint (overrides the provider's)",
+    ),
+    KeySpec(
+        "oauth_device_url", "https URL", _https_url,
+        "the OAuth2 device authorization endpoint, for `oauth login --device`",
+    ),
+    KeySpec(
+        "oauth_scopes", "array of strings, or a space-separated string", _scopes,
+        "the OAuth2 scopes to ask for (overrides the provider's)",
     ),
     KeySpec(
         "deliver", '"maildir:DIR" | "mbox:FILE" | "mda:COMMAND"', _deliver,
@@ -535,11 +629,11 @@ class _Loader:
                 )
                 continue
             seen.add(key)
-            if key == "password" and not self.private:
+            if spec.secret and not self.private:
+                instead = " or use password_command" if key == "password" else ""
                 self.problem(
                     f"{where}key {_quote(key)}: ",
-                    f"the file is readable by others; chmod 600 {self.path} "
-                    "or use password_command",
+                    f"the file is readable by others; chmod 600 {self.path}{instead}",
                 )
                 continue
             try:
@@ -556,6 +650,39 @@ class _Loader:
                 f'{where}key "delete_after_days": ',
                 "has no effect with keep = false (the messages are deleted at once)",
             )
+
+    def check_oauth(
+        self, values: Mapping[str, object], seen: set[str], own: set[str], where: str
+    ) -> bool:
+        """The OAuth2 keys' rules across keys; False when a problem was reported."""
+        problems_before = len(self.problems)
+
+        def problem(key: str, message: str) -> None:
+            self.problem(f"{where}key {_quote(key)}: ", message)
+
+        provider = values.get("oauth_provider")
+        if provider is None:
+            if "oauth_provider" not in seen:  # else its bad value is already reported
+                for key in sorted(k for k in own if k.startswith("oauth_")):
+                    problem(key, "has no effect without oauth_provider")
+            return len(self.problems) == problems_before
+        auth = values.get("auth", "auto")
+        if auth not in OAUTH_AUTH_METHODS and ("auth" in values or "auth" not in seen):
+            problem("oauth_provider", f'needs auth = "xoauth2" or "oauthbearer" (auth is "{auth}")')
+        if "oauth_client_id" not in seen:
+            problem("oauth_client_id", "missing; oauth_provider needs it")
+        if provider == "custom":
+            if "oauth_token_url" not in seen:
+                problem("oauth_token_url", 'missing; oauth_provider = "custom" needs it')
+            if "oauth_auth_url" not in seen and "oauth_device_url" not in seen:
+                problem(
+                    "oauth_auth_url",
+                    'missing; oauth_provider = "custom" needs it or oauth_device_url',
+                )
+        for key in ("password_command", "password"):
+            if key in seen and (key in own or "oauth_provider" in own):
+                problem(key, "not used with oauth_provider (the OAuth2 token is); remove one")
+        return len(self.problems) == problems_before
 
     def account(
         self,
@@ -574,10 +701,11 @@ class _Loader:
         values = {**defaults, **own}
         self.check_conflicts(values, own_seen, where)
         seen = defaults_seen | own_seen
+        oauth_ok = self.check_oauth(values, seen, own_seen, where)
         missing = [s.name for s in ACCOUNT_KEYS.values() if s.required and s.name not in seen]
         for key in missing:
             self.problem(f"{where}key {_quote(key)}: ", "missing; it is required")
-        if missing or seen - values.keys() or not _NAME_RE.fullmatch(name):
+        if missing or seen - values.keys() or not oauth_ok or not _NAME_RE.fullmatch(name):
             return None  # Already reported.
         for spec in ACCOUNT_KEYS.values():
             if spec.name not in values and spec.default is not None:

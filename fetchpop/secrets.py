@@ -203,3 +203,86 @@ def _usable_keyring() -> ModuleType:
     if reason:
         raise _no_keyring_error(reason)
     return keyring
+
+
+# -- OAuth2 sign-ins ----------------------------------------------------------------
+
+#: The keyring service of OAuth2 sign-ins (refresh and access token, as one JSON
+#: record); the username is ``keyring_username(account)``, as for passwords.
+OAUTH_KEYRING_SERVICE = "fetchpop-oauth"
+
+
+class OAuthTokenStore:
+    """An account's OAuth2 record in the system keyring (a ``fetchpop.oauth.TokenStore``).
+
+    The record is a secret: it appears in no message, whatever the backend says.
+    """
+
+    def __init__(self, account: Account) -> None:
+        self.username = keyring_username(account)
+
+    def __repr__(self) -> str:
+        return f"OAuthTokenStore({self.username!r})"
+
+    def load(self) -> str | None:
+        """The stored record, or None. Raises AuthError when the keyring cannot be read."""
+        record: Any = None
+        try:
+            keyring = _import_keyring()
+            reason = _unusable_reason(keyring)
+            if reason is None:
+                record = keyring.get_password(OAUTH_KEYRING_SERVICE, self.username)
+        except Exception as exc:  # Any backend failure: nothing can be read.
+            reason = _exception_text(exc)
+        if reason is not None:
+            raise AuthError(
+                f"cannot read the OAuth2 sign-in of {self.username} from the system keyring: "
+                f"{reason}"
+            )
+        return record if isinstance(record, str) and record else None
+
+    def save(self, record: str) -> None:
+        """Store *record*. Raises UnavailableError when the keyring cannot take it."""
+        keyring = require_keyring()
+        try:
+            keyring.set_password(OAUTH_KEYRING_SERVICE, self.username, record)
+        except Exception as exc:  # Any backend failure: say so, without the record.
+            raise UnavailableError(
+                f"cannot store the OAuth2 sign-in of {self.username} in the system keyring: "
+                f"{_exception_text(exc, record)}"
+            ) from None
+
+    def delete(self) -> bool:
+        """Remove the record; False if none was stored. Raises UnavailableError on failure."""
+        keyring = require_keyring()
+        from keyring.errors import PasswordDeleteError
+
+        try:
+            if keyring.get_password(OAUTH_KEYRING_SERVICE, self.username) is None:
+                return False
+            keyring.delete_password(OAUTH_KEYRING_SERVICE, self.username)
+        except PasswordDeleteError:
+            return False
+        except Exception as exc:  # Any backend failure.
+            raise UnavailableError(
+                f"cannot remove the OAuth2 sign-in of {self.username} from the system keyring: "
+                f"{_exception_text(exc)}"
+            ) from None
+        return True
+
+
+def require_keyring() -> ModuleType:
+    """The keyring module, if a usable backend exists (checked before an OAuth2 sign-in,
+    whose refresh token can be kept nowhere else). Raises UnavailableError."""
+    try:
+        keyring = _import_keyring()
+        reason = _unusable_reason(keyring)
+    except Exception as exc:  # A broken install or backend is as good as none.
+        reason = _exception_text(exc)
+    if reason:
+        raise UnavailableError(
+            f"cannot use the system keyring: {reason}. OAuth2 refresh tokens are kept "
+            "only there: start a Secret Service (GNOME Keyring, KeePassXC) or choose a "
+            "backend with PYTHON_KEYRING_BACKEND (see keyring's documentation)"
+        )
+    return keyring
