@@ -980,3 +980,120 @@ def oauth_logout(account: str) -> None:
 
 
 # -- import: take over a peer's accounts and seen state -------------------------------
+
+
+@main.group(name="import")
+def import_group() -> None:
+    """Take over fetchmail's, mpop's or getmail's accounts and seen state.
+
+    The accounts are appended to fetchpop's config file (never replacing one
+    of the same name) and every message the peer already delivered is
+    recorded as seen, so nothing is fetched twice. Passwords are not copied.
+    """
+
+
+def _dry_run_option(func: Callable[..., None]) -> Callable[..., None]:
+    return click.option(
+        "--dry-run", is_flag=True, help="Print the TOML and the counts; change nothing."
+    )(func)
+
+
+@import_group.command(name="fetchmail")
+@click.argument("path", type=click.Path(path_type=Path))
+@click.option(
+    "--ids",
+    type=click.Path(path_type=Path),
+    metavar="FILE",
+    help="fetchmail's UIDL file (default: its set idfile, else ~/.fetchids).",
+)
+@_dry_run_option
+def import_fetchmail(path: Path, ids: Path | None, dry_run: bool) -> None:
+    """Import the POP3 accounts of a ~/.fetchmailrc and the UIDLs in ~/.fetchids."""
+    _import_peer("fetchmail", path, ids, None, dry_run)
+
+
+@import_group.command(name="mpop")
+@click.argument("path", type=click.Path(path_type=Path))
+@click.option(
+    "--uidls",
+    type=click.Path(path_type=Path),
+    metavar="FILE",
+    help="mpop's UIDLS file (default: each account's uidls_file, else ~/.mpop_uidls/%U_at_%H).",
+)
+@_dry_run_option
+def import_mpop(path: Path, uidls: Path | None, dry_run: bool) -> None:
+    """Import the accounts of a ~/.mpoprc and the UIDLs in their UIDLS files."""
+    _import_peer("mpop", path, uidls, None, dry_run)
+
+
+@import_group.command(name="getmail")
+@click.argument("path", type=click.Path(path_type=Path))
+@click.option(
+    "--oldmail-dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    metavar="DIR",
+    help="Where getmail's oldmail-* files are (default: the getmailrc's directory).",
+)
+@click.option("--name", metavar="NAME", help="The account's name (default: from PATH).")
+@_dry_run_option
+def import_getmail(path: Path, oldmail_dir: Path | None, name: str | None, dry_run: bool) -> None:
+    """Import the POP3 account of a getmailrc and the UIDLs in its oldmail file."""
+    _import_peer("getmail", path, oldmail_dir, name, dry_run)
+
+
+def _import_peer(tool: str, path: Path, seen: Path | None, name: str | None, dry_run: bool) -> None:
+    env = _env()
+
+    def run() -> int:
+        from fetchpop import importers
+        from fetchpop.config import find_config_path
+        from fetchpop.errors import ConfigError, UsageError
+
+        for given in (path, seen):
+            if given is not None and not given.exists():
+                raise UsageError(f"{given}: no such file or directory")
+        config_path = find_config_path(env.config_option, env.environ)
+        result = importers.read_peer(
+            tool,
+            path.absolute(),
+            environ=env.environ,
+            seen=seen.absolute() if seen else None,
+            name=name,
+        )
+        if not result.accounts:
+            raise ConfigError(
+                [f"{path}: no POP3 account to import", *(f"{w}" for w in result.warnings)]
+            )
+        importers.check_names(config_path, result)
+        tables = importers.render(result)
+        text = importers.merged_text(config_path, tables)
+        importers.validate(config_path, text, env.environ)
+        for warning in result.warnings:
+            env.warn(f"warning: {warning}")
+        for account in result.accounts:
+            for warning in account.warnings:
+                env.warn(f"{account.name}: warning: {warning}")
+        if dry_run:
+            env.stdout.write(tables)
+            print(f"\n# Dry run: {config_path} and the seen-store unchanged.", file=env.stdout)
+            for account in result.accounts:
+                print(
+                    f"# {account.name}: {len(account.uidls)} UIDL(s) would be recorded as seen",
+                    file=env.stdout,
+                )
+            return 0
+        with _open_store(env) as store:
+            counts = [importers.record_seen(store, account) for account in result.accounts]
+        importers.write_config(config_path, text)
+        if not env.quiet:
+            names = ", ".join(a.name for a in result.accounts)
+            print(
+                f"{len(result.accounts)} account(s) from {tool} added to {config_path}: {names}",
+                file=env.stdout,
+            )
+            for account, count in zip(result.accounts, counts, strict=True):
+                source = f" (from {account.seen_file})" if account.seen_file else ""
+                print(f"{account.name}: {count} UIDL(s) recorded as seen{source}", file=env.stdout)
+        return 0
+
+    guard(env, run)
