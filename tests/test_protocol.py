@@ -78,7 +78,9 @@ def test_greeting_with_apop_timestamp() -> None:
 
 def test_greeting_without_timestamp_and_err_greeting() -> None:
     assert all_ways(b"+OK hi\r\n") == [Greeting(True, b"hi", None)]
-    assert all_ways(b"-ERR [SYS/TEMP] busy\r\n") == [Greeting(False, b"[SYS/TEMP] busy", None)]
+    assert all_ways(b"-ERR [SYS/TEMP] busy\r\n") == [
+        Greeting(False, b"[SYS/TEMP] busy", None, "SYS/TEMP")
+    ]
 
 
 def test_err_reply_carries_response_code() -> None:

@@ -14,6 +14,8 @@ from collections.abc import Callable, Iterator, Sequence
 from fetchpop.errors import (
     AuthError,
     CapabilityError,
+    ExitCode,
+    FetchpopError,
     InsecureError,
     ProtocolError,
     ServerError,
@@ -39,6 +41,8 @@ from fetchpop.pop3.transport import Transport
 PIPELINE_WINDOW = 32
 #: RFC 5034 section 4: an AUTH command line must fit 255 octets, initial response included.
 MAX_AUTH_LINE = 255
+#: Message numbers beyond this are a hostile listing, not a maildrop.
+MAX_MESSAGE_NUMBER = 2**31 - 1
 
 Log = Callable[[str], None]
 
@@ -74,7 +78,9 @@ class Client:
         self.greeting = event
         self._log("S: " + ("+OK " if event.ok else "-ERR ") + sanitize(event.text))
         if not event.ok:
-            raise ServerError("server refused the connection: -ERR " + sanitize(event.text))
+            raise ServerError(
+                "server refused the connection: -ERR " + sanitize(event.text), event.code
+            )
 
     @property
     def transport(self) -> Transport:
@@ -162,7 +168,7 @@ class Client:
             self.command("USER", user)
             self.command("PASS", password, shown="PASS ***")
         except ServerError as exc:
-            raise AuthError(f"authentication failed: {_server_words(exc)}") from exc
+            raise login_error(_server_words(exc), exc.code) from exc
 
     def apop(self, user: str, password: str) -> None:
         """APOP login with the greeting's timestamp (RFC 1939 section 7)."""
@@ -173,7 +179,7 @@ class Client:
         try:
             self.command("APOP", user, digest, shown=f"APOP {user} ***")
         except ServerError as exc:
-            raise AuthError(f"authentication failed: {_server_words(exc)}") from exc
+            raise login_error(_server_words(exc), exc.code) from exc
 
     def sasl(self, mech: auth.SASLMechanism) -> None:
         """Run an AUTH exchange (RFC 5034) with *mech*."""
@@ -202,7 +208,7 @@ class Client:
             if not event.ok:
                 detail = mech.error_detail()
                 words = describe(event) + (f" ({detail})" if detail else "")
-                raise AuthError(f"authentication failed: {words}")
+                raise login_error(words, event.code)
             # RFC 5034 section 4: success carries no SASL data in POP3 (the
             # text is for humans); SCRAM must have verified the server by now.
             mech.verify_final(b"")
@@ -227,6 +233,7 @@ class Client:
                 + describe(result)
             )
         out = []
+        numbers: set[int] = set()
         for line in result.lines:
             parts = line.split(None, 1)
             if len(parts) != 2 or not parts[0].isdigit():
@@ -236,7 +243,12 @@ class Client:
             uid = parts[1].strip()
             if not uid:
                 raise ProtocolError("empty unique id in UIDL listing")
-            out.append((int(parts[0]), uid.decode("latin-1")))
+            number = _message_number(parts[0], line, "UIDL")
+            if number in numbers:
+                # Two ids for one message: which one would we record?
+                raise ProtocolError(f"UIDL lists message {number} twice")
+            numbers.add(number)
+            out.append((number, uid.decode("latin-1")))
         return out
 
     def sizes(self) -> dict[int, int]:
@@ -249,7 +261,7 @@ class Client:
             parts = line.split()
             if len(parts) < 2 or not parts[0].isdigit() or not parts[1].isdigit():
                 raise ProtocolError("malformed LIST line: " + sanitize(line, 80))
-            sizes[int(parts[0])] = int(parts[1])
+            sizes[_message_number(parts[0], line, "LIST")] = int(parts[1])
         return sizes
 
     def retrieve(
@@ -328,6 +340,28 @@ class Client:
     def close(self) -> None:
         """Drop the connection."""
         self._t.close()
+
+
+def login_error(words: str, code: str | None) -> FetchpopError:
+    """The error for a refused login: *words* are the server's, *code* its response code.
+
+    RFC 2449 section 8 and RFC 3206: [IN-USE], [LOGIN-DELAY] and [SYS/TEMP] say
+    "try again later" and [SYS/PERM] "this will not work", whatever the
+    credentials; only [AUTH] or no code at all means they were wrong.
+    """
+    refused = ServerError(f"login refused: {words}", code)
+    if refused.exit_code in (ExitCode.TEMPFAIL, ExitCode.UNAVAILABLE):
+        return refused
+    return AuthError(f"authentication failed: {words}")
+
+
+def _message_number(digits: bytes, line: bytes, what: str) -> int:
+    # RFC 1939 section 5: messages are numbered from 1; a number we could not
+    # even send back in a command line is a hostile listing.
+    number = int(digits) if len(digits) <= 10 else 0
+    if not 1 <= number <= MAX_MESSAGE_NUMBER:
+        raise ProtocolError(f"malformed {what} line (bad message number): " + sanitize(line, 80))
+    return number
 
 
 def _server_words(exc: ServerError) -> str:

@@ -56,6 +56,7 @@ class Greeting:
     ok: bool
     text: bytes
     timestamp: bytes | None
+    code: str | None = None  # an RFC 2449 response code of a -ERR greeting
 
 
 @dataclasses.dataclass(frozen=True)
@@ -242,7 +243,7 @@ class POP3Protocol:
         if exp.command == "greeting":
             self._expect.popleft()
             match = _TIMESTAMP.search(text) if ok else None
-            return Greeting(ok, text, match.group(0) if match else None)
+            return Greeting(ok, text, match.group(0) if match else None, code)
         if ok and exp.kind in (Kind.LISTING, Kind.MESSAGE):
             self._in_body = True
             self._bol = True
