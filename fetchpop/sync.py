@@ -32,6 +32,7 @@ from fetchpop.errors import (
     CapabilityError,
     DeliveryError,
     FetchpopError,
+    ProtocolError,
     TempFailError,
     sanitize,
 )
@@ -61,6 +62,7 @@ class ServerMessage:
     number: int
     uidl: str  # the store key: the UIDL, or "UIDL #n" for the n-th repeat
     size: int | None
+    shared: str | None = None  # the server's UIDL, when several messages carry it
 
 
 @dataclasses.dataclass
@@ -211,6 +213,9 @@ def server_messages(client: Client) -> tuple[list[ServerMessage], int]:
     out = []
     repeats = 0
     for number, uidl in listing:
+        if number not in sizes:
+            # LIST's size is what bounds the RETR (SPEC promise 4: bounded).
+            raise ProtocolError(f"LIST does not list message {number}, which UIDL lists")
         n = counts.get(uidl, 0) + 1
         counts[uidl] = n
         key = uidl
@@ -220,6 +225,9 @@ def server_messages(client: Client) -> tuple[list[ServerMessage], int]:
             key = f"{uidl} #{n}"
             repeats += 1
         out.append(ServerMessage(number, key, sizes.get(number)))
+    if repeats:
+        pairs = zip(out, listing, strict=True)
+        out = [dataclasses.replace(m, shared=u) if counts[u] > 1 else m for m, (_, u) in pairs]
     return out, repeats
 
 
@@ -239,9 +247,16 @@ def make_plan(
     """
     plan = Plan(messages)
     failing = failing or {}
+    # Copies of a repeated UIDL are told apart only by their order, which
+    # shifts when one goes: delete them together, once every copy is recorded.
+    unrecorded = {
+        m.shared for m in messages if m.shared and m.uidl not in seen and m.uidl not in fresh
+    }
     for msg in messages:
         known = msg.uidl in seen or msg.uidl in fresh
         if known:
+            if msg.shared in unrecorded:
+                continue
             if not account.keep:
                 plan.delete.append((msg, "keep = false"))
             elif account.delete_after_days is not None:
@@ -452,7 +467,8 @@ class Session:
             if isinstance(body, Reply):
                 # Gone between UIDL and RETR (another device deleted it).
                 self.result.warnings.append(
-                    f"message {msg.uidl} vanished before it could be fetched: {describe(body)}"
+                    f"message {sanitize(msg.uidl)} vanished before it could be fetched: "
+                    f"{describe(body)}"
                 )
                 continue
             try:
