@@ -89,12 +89,31 @@ def test_hostname_slash_and_colon_are_escaped(monkeypatch: pytest.MonkeyPatch) -
     assert unique_name().endswith(".odd\\057host\\072name")
 
 
-def test_intent_names_the_tmp_file_before_any_write(tmp_path: Path) -> None:
+def test_intent_names_the_tmp_file_created_at_the_first_write(tmp_path: Path) -> None:
     target = MaildirTarget(tmp_path)
     delivery = target.begin("uidl-1")
+    # Nothing yet: a run killed before it journals the intent leaves no orphan.
+    assert entries(tmp_path)["tmp"] == []
+    delivery.write(b"")
     assert entries(tmp_path)["tmp"] == [delivery.intent]
     assert stat.S_IMODE((tmp_path / "tmp" / delivery.intent).stat().st_mode) == 0o600
     delivery.abort()
+    assert entries(tmp_path)["tmp"] == []
+
+
+def test_abort_before_the_first_write_leaves_a_same_named_file_alone(tmp_path: Path) -> None:
+    target = MaildirTarget(tmp_path)
+    delivery = target.begin("uidl-1")
+    delivery.abort()
+    assert target.begin("uidl-2").intent != delivery.intent
+    # Someone else's file under the name (a clock step back): neither used nor removed.
+    other = target.begin("uidl-3")
+    (tmp_path / "tmp" / other.intent).write_bytes(b"theirs")
+    with pytest.raises(DeliveryError, match="File exists"):
+        other.write(b"ours")
+    other.abort()
+    assert (tmp_path / "tmp" / other.intent).read_bytes() == b"theirs"
+    target.close()
 
 
 def test_abort_leaves_nothing(tmp_path: Path) -> None:

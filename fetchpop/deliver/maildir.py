@@ -6,6 +6,9 @@ Strategy (https://cr.yp.to/proto/maildir.html): write the message to
 message, and after ``flush()`` a power cut cannot lose the directory entry.
 The unique name is the delivery's intent, so crash recovery can look for it in
 ``new/`` and ``cur/`` (where a reader may have moved it and added ``:2,S``).
+``begin()`` only chooses the name; the file is created at the first write,
+after the caller has journalled the intent, so a run killed in between leaves
+no orphan in ``tmp/`` that no intent names.
 """
 
 from __future__ import annotations
@@ -46,16 +49,28 @@ def _is_plain_name(name: str) -> bool:
 class MaildirDelivery:
     """One message being written to ``tmp/``; see :class:`fetchpop.deliver.base.Delivery`."""
 
-    def __init__(self, target: MaildirTarget, name: str, file: BinaryIO) -> None:
+    def __init__(self, target: MaildirTarget, name: str) -> None:
         self.intent = name
         self._target = target
-        self._file: BinaryIO | None = file
+        self._file: BinaryIO | None = None  # tmp/<name>, created at the first write
+        self._created = False
         self._size = 0
         self._state = "open"  # -> "finished" | "aborted"
 
     def _live_file(self) -> BinaryIO:
-        if self._file is None:
+        if self._state != "open":
             raise LocalProtocolError("Maildir delivery used after finish() or abort()")
+        if self._file is None:
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+            try:
+                fd = os.open(self._target.tmp / self.intent, flags, 0o600)
+            except OSError as exc:
+                # Not ours to remove, if it exists: give up this name, and the message.
+                self._state = "aborted"
+                self._target.done(self, renamed=False)
+                raise self._target.error(exc) from exc
+            self._created = True
+            self._file = open(fd, "wb")  # noqa: SIM115 (closed by finish or abort)
         return self._file
 
     def write(self, chunk: bytes) -> None:
@@ -94,6 +109,9 @@ class MaildirDelivery:
             # Buffered bytes that cannot be written are being discarded anyway.
             with contextlib.suppress(OSError):
                 file.close()
+        if not self._created:  # nothing to remove (a same-named file is not ours)
+            self._target.done(self, renamed=False)
+            return
         try:
             os.unlink(self._target.tmp / self.intent)
         except FileNotFoundError:
@@ -124,21 +142,29 @@ class MaildirTarget:
         return os_error(exc, f"cannot write to Maildir {self.path}")
 
     def begin(self, uidl: str) -> MaildirDelivery:
-        """Create ``tmp/<unique>`` (O_EXCL, mode 0600); its name is the intent."""
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+        """Choose a unique name free in ``tmp/``: the intent.
+
+        The file (O_EXCL, mode 0600) is created at the first write, so that
+        nothing is left in ``tmp/`` by a crash before the caller journals the
+        intent.
+        """
         for _attempt in range(10):
             name = unique_name()
             try:
-                fd = os.open(self.tmp / name, flags, 0o600)
-            except FileExistsError:
-                # Only a clock step back or a pid reused within a microsecond
-                # gets here; a fresh name (the counter moved on) fixes it.
-                continue
+                os.lstat(self.tmp / name)
+            except FileNotFoundError:
+                # ENOENT from a missing tmp/ too: say so now, not at the first write.
+                if not self.tmp.is_dir():
+                    raise self.error(
+                        FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT))
+                    ) from None
+                delivery = MaildirDelivery(self, name)
+                self._active.add(delivery)
+                return delivery
             except OSError as exc:
                 raise self.error(exc) from exc
-            delivery = MaildirDelivery(self, name, open(fd, "wb"))  # noqa: SIM115 (owned by the delivery)
-            self._active.add(delivery)
-            return delivery
+            # Only a clock step back or a pid reused within a microsecond gets
+            # here; a fresh name (the counter moved on) fixes it.
         raise self.error(FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST)))
 
     def done(self, delivery: MaildirDelivery, *, renamed: bool) -> None:
