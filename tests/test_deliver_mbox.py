@@ -324,12 +324,31 @@ def test_both_locks_are_held_until_close(tmp_path: Path) -> None:
     assert subprocess.run(probe, capture_output=True).stdout == b"free\n"
 
 
-def test_fresh_dot_lock_times_out_and_is_left_alone(mbox: MboxTarget) -> None:
+def test_fresh_dot_lock_of_a_live_process_times_out_and_is_left_alone(mbox: MboxTarget) -> None:
     lock = Path(f"{mbox.path}.lock")
-    lock.write_bytes(b"12345\n")
+    with subprocess.Popen([sys.executable, "-c", "input()"], stdin=subprocess.PIPE) as holder:
+        try:
+            lock.write_bytes(b"%d\n" % holder.pid)
+            with pytest.raises(LockedError):
+                mbox.begin("uidl-1")
+            assert lock.read_bytes() == b"%d\n" % holder.pid
+        finally:
+            holder.communicate(b"\n")
+    # Without a pid in it, only its age tells.
+    lock.write_bytes(b"")
     with pytest.raises(LockedError):
         mbox.begin("uidl-1")
-    assert lock.read_bytes() == b"12345\n"
+    assert lock.read_bytes() == b""
+
+
+def test_dot_lock_of_a_dead_process_is_removed_at_once(mbox: MboxTarget) -> None:
+    # As a run killed with SIGKILL leaves it: fresh, holding the pid of a process now gone.
+    child = [sys.executable, "-c", "import os; print(os.getpid())"]
+    dead = subprocess.run(child, capture_output=True, check=True).stdout
+    lock = Path(f"{mbox.path}.lock")
+    lock.write_bytes(dead)
+    deliver(mbox, [b"x\n"])  # not LockedError after lock_timeout
+    assert lock.read_bytes() == b"%d\n" % os.getpid()
 
 
 def test_stale_dot_lock_is_removed(mbox: MboxTarget) -> None:

@@ -9,6 +9,9 @@ Locking follows Debian Policy 11.6: an fcntl lock and a ``FILE.lock`` dot-lock,
 both taken without blocking and retried (so neither order can deadlock) until
 ``lock_timeout`` runs out. The locks are taken at the first ``begin()`` -- a
 run that finds no mail never touches the mbox -- and held until ``close()``.
+As liblockfile does, a dot-lock is stale (and removed) when the process whose
+pid it holds is gone -- a killed run leaves one behind -- or when it has not
+been touched for 5 minutes.
 
 The intent is the file's length before the message; on any failure the file is
 truncated back to it, so a reader never sees half a message.
@@ -428,16 +431,39 @@ class MboxTarget:
 
     def _remove_stale_dotlock(self) -> bool:
         try:
-            age = time.time() - os.stat(self.lock_path).st_mtime
-            if age < _STALE_LOCK_AGE:
+            if not self._dotlock_is_stale():
                 return False
-            # As liblockfile: a lock left by a crashed program goes after 5 minutes.
             self.lock_path.unlink(missing_ok=True)
         except FileNotFoundError:
             pass
         except OSError as exc:
             raise os_error(exc, f"cannot remove stale lock file {self.lock_path}") from exc
         return True
+
+    def _dotlock_is_stale(self) -> bool:
+        """As liblockfile: the dot-lock of a process that is gone, or one untouched for 5 minutes.
+
+        A killed run (SIGKILL, a crash) cannot remove its dot-lock; the pid in
+        it tells. Without a readable pid only the age counts.
+        """
+        with open(self.lock_path, "rb") as file:
+            content = file.read(32)
+            age = time.time() - os.fstat(file.fileno()).st_mtime
+        if age >= _STALE_LOCK_AGE:
+            return True
+        text = content.strip()
+        if not text.isdigit() or not 0 < int(text) < 1 << 22:
+            return False
+        pid = int(text)
+        if pid == os.getpid():
+            return True  # we hold no dot-lock here: a dead namesake's
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False  # alive, someone else's
+        return False
 
     def _same_file(self, fd: int) -> bool:
         try:
