@@ -177,6 +177,7 @@ def login(client: Client, account: Account, password: PasswordSource) -> None:
     if method == "user":
         client.user_pass(account.user, password())
     elif method == "apop":
+        client.require_apop()  # before the password is fetched (or asked for)
         client.apop(account.user, password())
     else:
         name = method.upper()

@@ -71,7 +71,10 @@ class Client:
     def __init__(self, transport: Transport, *, log: Log | None = None) -> None:
         self._t = transport
         self._p = POP3Protocol()
-        self._log = log or _nolog
+        self._sink = log or _nolog
+        # Secrets this session sent: a server that echoes one ("-ERR bad
+        # password ...") must not get it into a transcript or an error line.
+        self._secrets: list[str] = []
         self.capabilities: dict[str, list[str]] | None = None
         event = self._event()
         assert isinstance(event, Greeting)
@@ -88,6 +91,19 @@ class Client:
         return self._t
 
     # -- plumbing --------------------------------------------------------------
+
+    def _log(self, line: str) -> None:
+        self._sink(self._hide(line))
+
+    def _hide(self, text: str) -> str:
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
+        return text
+
+    def _remember_secret(self, secret: str) -> None:
+        for form in (secret, sanitize(secret)):
+            if form and form not in self._secrets:
+                self._secrets.append(form)
 
     def _event(self) -> Event:
         while True:
@@ -166,20 +182,30 @@ class Client:
         """USER/PASS login (RFC 1939 section 7)."""
         try:
             self.command("USER", user)
+            self._remember_secret(password)
             self.command("PASS", password, shown="PASS ***")
         except ServerError as exc:
-            raise login_error(_server_words(exc), exc.code) from exc
+            raise login_error(self._hide(_server_words(exc)), exc.code) from exc
 
-    def apop(self, user: str, password: str) -> None:
-        """APOP login with the greeting's timestamp (RFC 1939 section 7)."""
+    def require_apop(self) -> bytes:
+        """The greeting's APOP timestamp, or CapabilityError.
+
+        Callers check this before fetching a password, so none is asked for in vain.
+        """
         stamp = self.greeting.timestamp
         if stamp is None:
             raise CapabilityError("server does not offer APOP (no timestamp in its greeting)")
-        digest = auth.apop_digest(stamp, password)
+        return stamp
+
+    def apop(self, user: str, password: str) -> None:
+        """APOP login with the greeting's timestamp (RFC 1939 section 7)."""
+        digest = auth.apop_digest(self.require_apop(), password)
+        self._remember_secret(password)
+        self._remember_secret(digest)
         try:
             self.command("APOP", user, digest, shown=f"APOP {user} ***")
         except ServerError as exc:
-            raise login_error(_server_words(exc), exc.code) from exc
+            raise login_error(self._hide(_server_words(exc)), exc.code) from exc
 
     def sasl(self, mech: auth.SASLMechanism) -> None:
         """Run an AUTH exchange (RFC 5034) with *mech*."""

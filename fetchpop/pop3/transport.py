@@ -193,9 +193,21 @@ class Transport:
             self._sock.close()
 
 
+# OpenSSL's reason codes a user meets most, said in words.
+_TLS_VERSIONS = "the server offers no TLS version fetchpop accepts (1.2 or later)"
+_TLS_REASONS = {
+    "WRONG_VERSION_NUMBER": "the server did not answer in TLS",
+    "UNSUPPORTED_PROTOCOL": _TLS_VERSIONS,
+    "TLSV1_ALERT_PROTOCOL_VERSION": _TLS_VERSIONS,
+    "NO_PROTOCOLS_AVAILABLE": _TLS_VERSIONS,
+}
+
+
 def _reason(exc: BaseException) -> str:
     if isinstance(exc, ssl.SSLError):
-        return exc.reason or str(exc)
+        if exc.reason:
+            return _TLS_REASONS.get(exc.reason, exc.reason.lower().replace("_", " "))
+        return str(exc)
     if isinstance(exc, TimeoutError):
         return "timed out"
     if isinstance(exc, OSError) and exc.strerror:
