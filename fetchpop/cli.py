@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from fetchpop.config import Account, Config
     from fetchpop.oauth import DeviceCode
     from fetchpop.seenstore import SeenStore
+    from fetchpop.sync import Known, ServerMessage
 
 
 @dataclasses.dataclass
@@ -210,6 +211,13 @@ class Progress:
             text = f"\r{self.account}: {_size(self.octets)} received"
             self.env.stderr.write(text.ljust(60))
             self.env.stderr.flush()
+
+    def clear(self) -> None:
+        """Wipe the bar so a line of text can be printed; it comes back on the next chunk."""
+        if self.enabled and self._last:
+            self.env.stderr.write("\r" + " " * 60 + "\r")
+            self.env.stderr.flush()
+            self._last = 0.0
 
     def done(self) -> None:
         if self.enabled and self._last:
@@ -403,6 +411,7 @@ def _sync_account(
                 progress=progress if progress.enabled else None,
                 checkpoint=signals.check,
                 accept_new_uidls=accept_new_uidls,
+                on_message=_message_line(env, account.name, progress),
             )
             result = session.run()
         code, message = 0, "ok"
@@ -450,6 +459,23 @@ def _sync_account(
     return code, report
 
 
+def _message_line(
+    env: Environment, account: str, progress: Progress
+) -> Callable[[ServerMessage, int], None] | None:
+    """``-v``: one line per message fetched (above the progress bar, if any)."""
+    if env.verbose < 1 or env.quiet:
+        return None
+
+    def show(msg: ServerMessage, octets: int) -> None:
+        progress.clear()
+        env.info(
+            f"{account}: fetched message {msg.number} ({_size(octets)}), "
+            f"UIDL {sanitize(msg.uidl, 80)}"
+        )
+
+    return show
+
+
 def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
 
@@ -462,16 +488,16 @@ def check(accounts: tuple[str, ...], as_json: bool) -> None:
     env = _env()
 
     def run() -> int:
-        from fetchpop.sync import check_account
+        from fetchpop.sync import Known, check_account
 
         config = env.load_config()
         codes, reports = [], []
-        seen_by_mailbox = _read_seen(env, config.select(accounts))
+        known_by_mailbox = _read_known(env, config.select(accounts))
         for account in config.select(accounts):
             try:
                 plan = check_account(
                     account,
-                    seen_by_mailbox.get(account.mailbox, {}),
+                    known_by_mailbox.get(account.mailbox, Known()),
                     env.password_source(account),
                     log=_transcript(env, account.name),
                 )
@@ -527,11 +553,10 @@ def check(accounts: tuple[str, ...], as_json: bool) -> None:
     guard(env, run)
 
 
-def _read_seen(
-    env: Environment, accounts: list[Account]
-) -> dict[tuple[str, int, str], dict[str, float]]:
-    """Seen UIDLs per mailbox, read without creating or changing the store."""
+def _read_known(env: Environment, accounts: list[Account]) -> dict[tuple[str, int, str], Known]:
+    """What the store knows per mailbox, read without creating or changing it."""
     from fetchpop.seenstore import SeenStore
+    from fetchpop.sync import read_known
 
     path = env.store_path()
     if not path.exists():
@@ -541,7 +566,7 @@ def _read_seen(
         for account in accounts:
             mailbox = store.mailbox_id(*account.mailbox, create=False)
             if mailbox is not None:
-                out[account.mailbox] = store.seen(mailbox)
+                out[account.mailbox] = read_known(store, mailbox)
     return out
 
 
@@ -1097,3 +1122,173 @@ def _import_peer(tool: str, path: Path, seen: Path | None, name: str | None, dry
         return 0
 
     guard(env, run)
+
+
+# -- first run ---------------------------------------------------------------------
+
+
+@main.command()
+@click.option("--name", help="The new account's name (default: from the address).")
+@click.option("--port", type=click.IntRange(1, 65535), help="Try only this port.")
+@click.option(
+    "--ca-file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Also trust this CA (or self-signed certificate) while probing, and keep it.",
+)
+def init(name: str | None, port: int | None, ca_file: Path | None) -> None:
+    """Set up a first account: probe the server, try the login, write the config."""
+    env = _env()
+
+    def run() -> int:
+        from fetchpop.config import find_config_path
+        from fetchpop.errors import ConfigError
+
+        out = env.stdout
+        config_path = find_config_path(env.config_option, env.environ)
+        address = click.prompt("Your e-mail address").strip()
+        domain = address.rpartition("@")[2] or address
+        host = click.prompt("POP3 server", default=f"pop.{domain}").strip()
+        user = click.prompt("User name", default=address).strip()
+        acct_name = name or _account_name(domain)
+        from fetchpop.importers.output import existing_names
+
+        if acct_name in existing_names(config_path):
+            raise ConfigError(f"{config_path}: account {acct_name!r} already exists; use --name")
+        found = _probe_server(env, acct_name, host, user, port, ca_file)
+        print(f"{host}: {found[1]} on port {found[0].port}", file=out)
+        account = _login_interactively(env, found[0])
+        deliver = click.prompt("Deliver mail to", default=f"maildir:~/Mail/{acct_name}")
+        keep = click.confirm("Leave messages on the server (for other devices)?", default=True)
+        keys: dict[str, object] = {
+            "host": host,
+            "user": user,
+            "port": account.port,
+            "tls": account.tls,
+            "deliver": deliver,
+            "keep": keep,
+        }
+        if ca_file is not None:
+            keys["ca_file"] = str(ca_file.resolve())
+        keys.update(_store_password(env, account))
+        _append_account(env, config_path, acct_name, keys)
+        print(f"Wrote [accounts.{acct_name}] to {config_path}.", file=out)
+        print(f"Next: fetchpop check {acct_name}   then   fetchpop sync {acct_name}", file=out)
+        return 0
+
+    guard(env, run)
+
+
+def _account_name(domain: str) -> str:
+    import re
+
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", domain.split(".")[0]).strip("_") or "mail"
+
+
+def _probe_server(
+    env: Environment, name: str, host: str, user: str, port: int | None, ca_file: Path | None
+) -> tuple[Account, str]:
+    """The first of implicit TLS (995) and STARTTLS (110) that the server speaks."""
+    from fetchpop.config import POP3_PORT, POP3S_PORT, Account
+    from fetchpop.deliver import DeliverySpec
+    from fetchpop.errors import TLSError, UnavailableError
+    from fetchpop.sync import open_connection
+
+    tries: list[tuple[str, int]] = [
+        ("implicit", port or POP3S_PORT),
+        ("starttls", port or POP3_PORT),
+    ]
+    failures = []
+    for tls, number in tries:
+        account = Account(
+            name=name,
+            host=host,
+            user=user,
+            port=number,
+            tls=tls,  # type: ignore[arg-type]
+            ca_file=ca_file,
+            deliver=DeliverySpec("maildir", Path("/nonexistent")),
+            timeout=15.0,
+        )
+        try:
+            client = open_connection(account, log=_transcript(env, name))
+        except TLSError as exc:
+            raise TLSError(
+                f"{exc}; if the server uses a self-signed certificate, give it with --ca-file"
+            ) from None
+        except FetchpopError as exc:
+            failures.append(f"{tls} TLS on port {number}: {_one_line(exc)}")
+            continue
+        info = client.transport.tls_info()
+        sasl = " ".join((client.capabilities or {}).get("SASL", [])) or "none"
+        client.quit()
+        what = "implicit TLS" if tls == "implicit" else "STARTTLS"
+        return account, f"{what} ({info.version if info else '?'}), SASL mechanisms: {sasl}"
+    raise UnavailableError(f"found no POP3 server with TLS at {host}: " + "; ".join(failures))
+
+
+def _ask_secret(env: Environment, prompt: str) -> str:
+    if env.stdin_isatty:
+        import getpass
+
+        return getpass.getpass(prompt)
+    return str(click.prompt(prompt, default="", show_default=False))
+
+
+def _login_interactively(env: Environment, account: Account) -> Account:
+    """Ask for the password until the login works (three tries)."""
+    import dataclasses as dc
+
+    from fetchpop.errors import AuthError
+    from fetchpop.sync import connect
+
+    for attempt in range(3):
+        secret = _ask_secret(env, f"Password for {account.user}@{account.host}: ")
+
+        def password(secret: str = secret) -> str:
+            return secret
+
+        try:
+            client = connect(account, password, log=_transcript(env, account.name))
+            client.quit()
+            print("Login works.", file=env.stdout)
+            return dc.replace(account, password=secret)
+        except AuthError as exc:
+            env.error(_one_line(exc))
+            if attempt == 2:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _store_password(env: Environment, account: Account) -> dict[str, object]:
+    """Keep the password in the keyring; else, if the user agrees, in the private file."""
+    from fetchpop.errors import UnavailableError
+    from fetchpop.secrets import set_password
+
+    assert account.password is not None
+    try:
+        set_password(account, account.password)
+        print("Password stored in the system keyring.", file=env.stdout)
+        return {}
+    except UnavailableError as exc:
+        env.error(_one_line(exc))
+    if click.confirm("Put the password in the config file (readable by you only)?", default=False):
+        return {"password": account.password}
+    print(
+        "No password stored: add password_command to the account "
+        '(e.g. password_command = "pass show mail/ACCOUNT").',
+        file=env.stdout,
+    )
+    return {}
+
+
+def _append_account(env: Environment, path: Path, name: str, keys: dict[str, object]) -> None:
+    from fetchpop.importers.common import ImportedAccount, ImportResult
+    from fetchpop.importers.output import check_names, merged_text, render, validate, write_config
+
+    result = ImportResult("fetchpop init", path, [ImportedAccount(name, keys)])
+    check_names(path, result)
+    text = merged_text(path, render(result))
+    validate(path, text, env.environ)
+    write_config(path, text)
+    if "password" in keys:
+        path.chmod(0o600)  # fetchpop refuses a password in a file others can read

@@ -158,7 +158,7 @@ def _no_keyring_error(reason: str) -> UnavailableError:
     return UnavailableError(
         f"cannot use the system keyring: {reason}. Instead, set password_command "
         '(for example "pass show mail/ACCOUNT" or "secret-tool lookup service fetchpop '
-        'user USER@HOST"), or put password in a config file only you can read (chmod 600)'
+        'username USER@HOST"), or put password in a config file only you can read (chmod 600)'
     )
 
 

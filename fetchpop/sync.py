@@ -232,31 +232,45 @@ def server_messages(client: Client) -> tuple[list[ServerMessage], int]:
     return out, repeats
 
 
+@dataclasses.dataclass(frozen=True)
+class Known:
+    """What the seen-store knows of one mailbox, as :func:`make_plan` needs it."""
+
+    #: UIDL -> first-seen time.
+    seen: dict[str, float] = dataclasses.field(default_factory=dict)
+    #: Marked as seen (``seen mark``) without being delivered here: never deleted.
+    undelivered: set[str] = dataclasses.field(default_factory=set)
+    #: UIDL -> (failed delivery attempts, last reason); skips noted.
+    problems: dict[str, tuple[int, str]] = dataclasses.field(default_factory=dict)
+
+
+def read_known(store: SeenStore, mailbox: int) -> Known:
+    """Everything :func:`make_plan` needs from the store, in three queries."""
+    return Known(store.seen(mailbox), store.undelivered(mailbox), store.problems(mailbox))
+
+
 def make_plan(
     account: Account,
     messages: list[ServerMessage],
-    seen: dict[str, float],
+    known: Known,
     *,
     now: float,
     fresh: Collection[str] = (),
-    failing: Mapping[str, tuple[int, str]] | None = None,
 ) -> Plan:
     """Decide what to fetch, skip and delete. Pure: no I/O.
 
-    *fresh* holds UIDLs recorded during this session (they count as seen);
-    *failing* maps UIDLs to (failed attempts, last reason).
+    *fresh* holds UIDLs recorded during this session (they count as seen).
     """
     plan = Plan(messages)
-    failing = failing or {}
+    seen, failing, undelivered = known.seen, known.problems, known.undelivered
     # Copies of a repeated UIDL are told apart only by their order, which
     # shifts when one goes: delete them together, once every copy is recorded.
     unrecorded = {
         m.shared for m in messages if m.shared and m.uidl not in seen and m.uidl not in fresh
     }
     for msg in messages:
-        known = msg.uidl in seen or msg.uidl in fresh
-        if known:
-            if msg.shared in unrecorded:
+        if msg.uidl in seen or msg.uidl in fresh:
+            if msg.shared in unrecorded or msg.uidl in undelivered:
                 continue
             if not account.keep:
                 plan.delete.append((msg, "keep = false"))
@@ -333,6 +347,7 @@ class Session:
         now: Callable[[], float] = time.time,
         checkpoint: Callable[[], None] | None = None,
         accept_new_uidls: bool = False,
+        on_message: Callable[[ServerMessage, int], None] | None = None,
     ) -> None:
         self.account = account
         self.store = store
@@ -341,6 +356,8 @@ class Session:
         self.progress = progress
         self.now = now
         self.accept_new_uidls = accept_new_uidls
+        #: Told of each message delivered (not yet recorded), for ``-v``.
+        self.on_message = on_message
         #: The first per-message delivery failure; raised after the session.
         self.failure: FetchpopError | None = None
         # Called between messages; raises (Interrupted) to stop at a safe point.
@@ -418,9 +435,9 @@ class Session:
         self._reconcile(client, target, messages)
         if repeats:
             self.result.warnings.append(f"server lists {repeats} repeated UIDL(s)")
-        seen = self.store.seen(self._mailbox)
-        problems = self.store.problems(self._mailbox)
-        plan = make_plan(account, messages, seen, now=self.now(), failing=problems)
+        known = read_known(self.store, self._mailbox)
+        seen = known.seen
+        plan = make_plan(account, messages, known, now=self.now())
         # With keep = false our own deletions empty the server; only a
         # leave-on-server mailbox can tell a UIDL reset from new mail.
         if account.keep and not self.accept_new_uidls:
@@ -431,14 +448,14 @@ class Session:
                     f"{reason}; run `fetchpop seen mark {name}` to take them as seen, "
                     f"or `fetchpop sync --accept-new-uidls {name}` to download them all"
                 )
-        self._note_skips(plan, problems)
+        self._note_skips(plan, known.problems)
         window = PIPELINE_WINDOW if client.has("PIPELINING") else 1
         try:
             self._fetch(client, target, plan.fetch, window)
         finally:
             self._commit(target)
         # Only what is recorded (and synced) is considered for deletion.
-        plan = make_plan(account, messages, seen, now=self.now(), fresh=self._fresh)
+        plan = make_plan(account, messages, known, now=self.now(), fresh=self._fresh)
         numbers = [m.number for m, _ in plan.delete]
         refused = client.delete(numbers, window=window)
         for number, reply in refused:
@@ -480,6 +497,8 @@ class Session:
                 if not self._poison(msg, exc):
                     raise
                 continue
+            if self.on_message:
+                self.on_message(msg, octets)
             self.checkpoint()
             pending_octets += octets
             if len(self._batch) >= BATCH_MESSAGES or pending_octets >= BATCH_OCTETS:
@@ -542,7 +561,7 @@ class Session:
 
 def check_account(
     account: Account,
-    seen: dict[str, float],
+    known: Known,
     password: PasswordSource,
     *,
     log: Log | None = None,
@@ -556,7 +575,7 @@ def check_account(
     except BaseException:
         client.close()
         raise
-    plan = make_plan(account, messages, seen, now=time.time() if now is None else now)
+    plan = make_plan(account, messages, known, now=time.time() if now is None else now)
     plan.repeated_uidls = repeats
     return plan
 
@@ -588,6 +607,6 @@ def mark_seen(
         seen = store.seen(mailbox)
     new = [m.uidl for m in messages if m.uidl not in seen]
     if store is not None and mailbox is not None:
-        store.record(mailbox, new)
+        store.record(mailbox, new, delivered=False)
         store.sync()
     return len(messages), new

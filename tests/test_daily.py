@@ -187,3 +187,23 @@ def test_every_rejects_a_bad_interval(home: Home) -> None:
     result = home.run("sync", "--every", "soon")
     assert result.code == 64
     assert "not an interval" in result.stderr
+
+
+def test_marked_messages_are_never_deleted(
+    mailbox: DovecotUser, home: Home, tmp_path: Path
+) -> None:
+    dc = mailbox.dovecot
+    dc.add_messages(mailbox.user, _msgs(4))
+    mail = tmp_path / "Mail"
+    home.write_config(config(mailbox, f"maildir:{mail}", keep=False))
+    assert home.run("seen", "mark", "home").code == 0
+    dc.add_message(mailbox.user, b"Subject: fresh\n\nnew\n")
+    check = home.run("check")
+    assert "1 to fetch" in check.stdout and "0 to delete" in check.stdout, check
+    result = home.run("sync")
+    assert result.code == 0, result
+    assert maildir_messages(mail) == [b"Subject: fresh\n\nnew\n"]
+    # Only the message this store delivered went; the marked ones stay.
+    assert dc.count(mailbox.user) == 4
+    assert home.run("sync").code == 0
+    assert dc.count(mailbox.user) == 4

@@ -80,6 +80,7 @@ def test_hard_messages_into_maildir_once(
     third = home.run("-v", "sync")
     assert third.code == 0, third
     assert "home: 1 new message(s)" in third.stderr
+    assert "home: fetched message 301 (" in third.stderr  # -v: a line per message
     got = maildir_messages(mail)
     assert len(got) == 301 and late in got
     assert not list((mail / "tmp").iterdir())
