@@ -559,6 +559,20 @@ class Session:
         self.result.octets += sum(o for _, _, o in batch)
 
 
+def list_server(
+    account: Account, password: PasswordSource, *, log: Log | None = None
+) -> tuple[list[ServerMessage], int]:
+    """Log in, list the maildrop (see :func:`server_messages`), QUIT. Changes nothing."""
+    client = connect(account, password, log=log)
+    try:
+        listing = server_messages(client)
+        client.quit()
+    except BaseException:
+        client.close()
+        raise
+    return listing
+
+
 def check_account(
     account: Account,
     known: Known,
@@ -568,13 +582,7 @@ def check_account(
     now: float | None = None,
 ) -> Plan:
     """What a sync would fetch and delete now. Changes nothing anywhere."""
-    client = connect(account, password, log=log)
-    try:
-        messages, repeats = server_messages(client)
-        client.quit()
-    except BaseException:
-        client.close()
-        raise
+    messages, repeats = list_server(account, password, log=log)
     plan = make_plan(account, messages, known, now=time.time() if now is None else now)
     plan.repeated_uidls = repeats
     return plan
@@ -592,13 +600,7 @@ def mark_seen(
     Returns (messages on the server, UIDLs newly recorded). With *store* None
     (a dry run) nothing is written; the second item lists what would be.
     """
-    client = connect(account, password, log=log)
-    try:
-        messages, _ = server_messages(client)
-        client.quit()
-    except BaseException:
-        client.close()
-        raise
+    messages, _ = list_server(account, password, log=log)
     seen: dict[str, float] = {}
     mailbox = None
     if store is not None:

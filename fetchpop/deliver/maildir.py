@@ -23,7 +23,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import BinaryIO
 
-from fetchpop.deliver._oserror import make_dirs, os_error
+from fetchpop.deliver._oserror import fsync_dir, make_dirs, os_error
 from fetchpop.errors import FetchpopError, LocalProtocolError
 
 # Maildir's "Q<counter>": deliveries made by this process. Process-wide on
@@ -177,11 +177,7 @@ class MaildirTarget:
         if not self._unflushed:
             return
         try:
-            fd = os.open(self.new, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            fsync_dir(self.new)
         except OSError as exc:
             raise self.error(exc) from exc
         self._unflushed = False

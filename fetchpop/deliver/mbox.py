@@ -28,7 +28,7 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
-from fetchpop.deliver._oserror import make_dirs, os_error
+from fetchpop.deliver._oserror import fsync_dir, make_dirs, os_error
 from fetchpop.errors import DeliveryError, FetchpopError, LocalProtocolError, LockedError
 
 _QUOTE = re.compile(rb"^(>*From )", re.MULTILINE)
@@ -280,11 +280,7 @@ class MboxTarget:
             return
         # Needed once when the file was created; cheap enough to do always.
         try:
-            fd = os.open(self.path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            fsync_dir(self.path.parent)
         except OSError as exc:
             raise self.error(exc) from exc
         self._unflushed = False
