@@ -107,9 +107,24 @@ def test_mda_that_fails_without_reading_reports_its_status(tmp_path: Path) -> No
 def test_mda_that_neither_reads_nor_exits_is_killed(tmp_path: Path) -> None:
     target = target_for(("sleep", "60"), tmp_path, timeout=0.5)
     started = time.monotonic()
-    with pytest.raises(DeliveryError, match=r"^mda sleep did not read its input for 0.5 s$"):
+    with pytest.raises(DeliveryError, match=r"^mda sleep did not finish within 0.5 s$"):
         deliver(target, [b"x" * 65536] * 64)
     assert time.monotonic() - started < 5
+
+
+def test_mda_starts_only_with_the_whole_message(tmp_path: Path) -> None:
+    # A fetchpop killed mid-message must never hand an MDA half of it.
+    target = target_for(SAVE, tmp_path)
+    delivery = target.begin("uidl-1")
+    delivery.write(MESSAGE[:10])
+    time.sleep(0.3)
+    assert not (tmp_path / "out").exists()
+    delivery.abort()
+    delivery.abort()  # twice is harmless
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(LocalProtocolError):
+        delivery.write(b"more")
+    target.close()
 
 
 def test_mda_that_never_exits_is_killed(tmp_path: Path) -> None:
@@ -127,29 +142,22 @@ def _gone(pid: int) -> bool:
         return True
 
 
-def test_abort_kills_the_mda_and_its_children(tmp_path: Path) -> None:
+def test_a_killed_mda_takes_its_children_along(tmp_path: Path) -> None:
     code = (
         "import subprocess, sys, time\n"
+        "sys.stdin.buffer.read()\n"
         "child = subprocess.Popen(['sleep', '60'])\n"
         "open(sys.argv[1], 'w').write(str(child.pid))\n"
         "time.sleep(60)\n"
     )
-    target = target_for(python(code, "{out}"), tmp_path)
-    delivery = target.begin("uidl-1")
-    delivery.write(b"partial")
-    deadline = time.monotonic() + 10
-    while not (tmp_path / "out").exists() or not (tmp_path / "out").read_text():
-        assert time.monotonic() < deadline
-        time.sleep(0.01)
+    target = target_for(python(code, "{out}"), tmp_path, timeout=1.0)
+    with pytest.raises(DeliveryError, match="did not finish within 1 s"):
+        deliver(target, [MESSAGE])
     grandchild = int((tmp_path / "out").read_text())
-    delivery.abort()
-    delivery.abort()  # twice is harmless
     deadline = time.monotonic() + 5
     while not _gone(grandchild):
         assert time.monotonic() < deadline, "the MDA's child survived"
         time.sleep(0.01)
-    with pytest.raises(LocalProtocolError):
-        delivery.write(b"more")
 
 
 def test_close_aborts_running_mdas(tmp_path: Path) -> None:
@@ -186,6 +194,6 @@ def test_command_is_split_like_a_shell_without_one(tmp_path: Path) -> None:
 def test_missing_program_is_a_delivery_error(tmp_path: Path) -> None:
     target = MdaTarget((str(tmp_path / "no-such-mda"),))
     with pytest.raises(DeliveryError) as info:
-        target.begin("uidl-1")
+        deliver(target, [MESSAGE])
     assert str(info.value) == f"cannot run mda {tmp_path}/no-such-mda: No such file or directory"
     assert info.value.exit_code == 73

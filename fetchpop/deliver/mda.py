@@ -1,22 +1,26 @@
 """Delivery through a mail delivery agent: a command that reads the message on stdin.
 
-Strategy: one process per message, run without a shell, in its own process
-group (a Ctrl-C meant for fetchpop does not cut a delivery short; ``abort()``
-kills the MDA's children too). Exit status 0 means delivered -- the MDA owns
-durability from then on -- 75 (EX_TEMPFAIL) means try again later, anything
-else means not delivered. An MDA that exits before reading the whole message
-has not delivered it, whatever its status. Nothing can block for ever: stderr
-is drained by a thread that keeps only its tail, and writing to or waiting for
-the MDA gives up after ``timeout`` seconds.
+Strategy: the message is first spooled to an unlinked temporary file, and the
+MDA starts only once the whole message is there, with that file as its stdin.
+So a fetchpop killed mid-RETR never hands an MDA half a message (a pipe's
+early end of file looks like a complete message to procmail and friends).
+One process per message, run without a shell, in its own process group (a
+Ctrl-C meant for fetchpop does not cut a delivery short; ``abort()`` kills the
+MDA's children too). Exit status 0 means delivered -- the MDA owns durability
+from then on -- 75 (EX_TEMPFAIL) means try again later, anything else means
+not delivered. An MDA that exits 0 without reading the whole message (the
+shared file offset tells) has not delivered it. Nothing blocks for ever:
+stderr is drained by a thread that keeps only its tail, and waiting for the
+MDA gives up after ``timeout`` seconds.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import select
 import signal
 import subprocess
+import tempfile
 import threading
 from collections.abc import Iterable
 from typing import IO
@@ -56,101 +60,107 @@ class _Tail(threading.Thread):
 
 
 class MdaDelivery:
-    """One MDA process; see :class:`fetchpop.deliver.base.Delivery`."""
+    """One message spooled, then one MDA process; see :class:`fetchpop.deliver.base.Delivery`."""
 
-    def __init__(self, target: MdaTarget, proc: subprocess.Popen[bytes], tail: _Tail) -> None:
+    def __init__(self, target: MdaTarget, spool: IO[bytes]) -> None:
         self.intent = ""  # an MDA leaves no trace we could look for
         self._target = target
-        self._proc = proc
-        self._tail = tail
-        self._stdin = proc.stdin
-        assert self._stdin is not None
-        os.set_blocking(self._stdin.fileno(), False)
-        self._broken = False  # the MDA closed its stdin early
-        self._failure = ""  # why we gave up on the MDA, if we did
+        self._spool: IO[bytes] | None = spool
+        self._size = 0
+        self._proc: subprocess.Popen[bytes] | None = None
         self._state = "open"  # -> "finished" | "aborted"
 
     def write(self, chunk: bytes) -> None:
-        """Pass *chunk* to the MDA; a failure is reported by ``finish()``."""
+        """Spool *chunk*; the MDA sees nothing until ``finish()``."""
         self._check_open()
-        if self._broken or self._failure or self._stdin is None:
-            return
-        fd = self._stdin.fileno()
-        poller = select.poll()
-        poller.register(fd, select.POLLOUT)
-        view = memoryview(chunk)
-        while view:
-            try:
-                view = view[os.write(fd, view) :]
-            except BlockingIOError:
-                if not poller.poll(self._target.timeout * 1000):
-                    self._failure = f"did not read its input for {self._target.timeout:g} s"
-                    self._kill()
-                    return
-            except BrokenPipeError:
-                self._broken = True
-                return
+        assert self._spool is not None
+        try:
+            self._spool.write(chunk)
+        except OSError as exc:
+            self.abort()
+            raise os_error(exc, "cannot spool a message for the mda") from exc
+        self._size += len(chunk)
 
     def finish(self) -> None:
-        """Close the MDA's stdin and wait for its verdict.
+        """Run the MDA on the whole message and wait for its verdict.
 
         Raises :class:`DeliveryError` (or :class:`TempFailError` for status 75)
         when the message was not delivered.
         """
         self._check_open()
         self._state = "finished"
-        self._close_stdin()
+        spool = self._spool
+        assert spool is not None
+        target = self._target
         try:
-            status = self._proc.wait(self._target.timeout)
+            spool.flush()
+            spool.seek(0)
+            self._proc = proc = subprocess.Popen(
+                target.command,
+                stdin=spool,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                process_group=0,
+            )
+        except OSError as exc:
+            self._close()
+            raise os_error(exc, f"cannot run mda {target.command[0]}") from exc
+        assert proc.stderr is not None
+        tail = _Tail(proc.stderr)
+        tail.start()
+        failure = ""
+        try:
+            status = proc.wait(target.timeout)
         except subprocess.TimeoutExpired:
-            self._failure = f"did not finish within {self._target.timeout:g} s"
+            failure = f"did not finish within {target.timeout:g} s"
             self._kill()
-            status = self._proc.wait()
-        tail = self._tail.text()
-        self._target.done(self)
-        name = self._target.name
-        if self._failure:
-            message = f"mda {name} {self._failure}"
-        elif status == 0 and not self._broken:
+            status = proc.wait()
+        # The MDA shares the spool's file offset: short means it stopped reading.
+        read_all = os.lseek(spool.fileno(), 0, os.SEEK_CUR) >= self._size
+        self._close()
+        text = tail.text()
+        if failure:
+            message = f"mda {target.name} {failure}"
+        elif status == 0 and read_all:
             return
         elif status == _EX_TEMPFAIL:
-            message = f"mda {name} exited 75 (try again later)"
+            message = f"mda {target.name} exited 75 (try again later)"
         elif status == 0:
-            message = f"mda {name} exited without reading the whole message"
+            message = f"mda {target.name} exited without reading the whole message"
         elif status < 0:
-            message = f"mda {name} was killed by signal {_signal_name(-status)}"
+            message = f"mda {target.name} was killed by signal {_signal_name(-status)}"
         else:
-            message = f"mda {name} exited with status {status}"
-        if tail:
-            message += f": {tail}"
-        if status == _EX_TEMPFAIL and not self._failure:
+            message = f"mda {target.name} exited with status {status}"
+        if text:
+            message += f": {text}"
+        if status == _EX_TEMPFAIL and not failure:
             raise TempFailError(message)
         raise DeliveryError(message)
 
     def abort(self) -> None:
-        """Kill the MDA (and its process group) and wait for it."""
-        if self._state != "open":
+        """Drop the spooled message; kill the MDA (and its group) if it runs."""
+        if self._state == "aborted":
             return
         self._state = "aborted"
         self._kill()
-        self._close_stdin()
-        self._proc.wait()
-        self._tail.join(timeout=5.0)
-        self._target.done(self)
+        if self._proc is not None:
+            self._proc.wait()
+        self._close()
 
     def _check_open(self) -> None:
         if self._state != "open":
             raise LocalProtocolError(f"mda delivery used after being {self._state}")
 
-    def _close_stdin(self) -> None:
-        if self._stdin is not None:
-            stdin, self._stdin = self._stdin, None
+    def _close(self) -> None:
+        if self._spool is not None:
+            spool, self._spool = self._spool, None
             with contextlib.suppress(OSError):
-                stdin.close()
+                spool.close()
+            self._target.done(self)
 
     def _kill(self) -> None:
         # Only while not yet reaped: the pid (= group id) cannot have been reused.
-        if self._proc.poll() is None:
+        if self._proc is not None and self._proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self._proc.pid, signal.SIGKILL)
 
@@ -174,21 +184,12 @@ class MdaTarget:
         self._active: set[MdaDelivery] = set()
 
     def begin(self, uidl: str) -> MdaDelivery:
-        """Start the MDA with the parent's environment; stdout goes to /dev/null."""
+        """Open the spool file ($TMPDIR, unlinked at once) for one message."""
         try:
-            proc = subprocess.Popen(
-                self.command,
-                stdin=subprocess.PIPE,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.PIPE,
-                process_group=0,
-            )
+            spool = tempfile.TemporaryFile(prefix="fetchpop-mda-")  # noqa: SIM115 - kept open
         except OSError as exc:
-            raise os_error(exc, f"cannot run mda {self.command[0]}") from exc
-        assert proc.stderr is not None
-        tail = _Tail(proc.stderr)
-        tail.start()
-        delivery = MdaDelivery(self, proc, tail)
+            raise os_error(exc, "cannot spool a message for the mda") from exc
+        delivery = MdaDelivery(self, spool)
         self._active.add(delivery)
         return delivery
 
