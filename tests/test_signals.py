@@ -28,6 +28,10 @@ def _config(server: FakePOP3, mail: Path) -> str:
     )
 
 
+def _count(folder: Path) -> int:
+    return len(list(folder.iterdir())) if folder.is_dir() else 0
+
+
 def _wait_for(predicate: object, seconds: float = 10.0) -> None:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
@@ -46,7 +50,8 @@ def test_first_signal_finishes_message_in_flight(tmp_path: Path, signum: int, co
     with FakePOP3(MESSAGES, faults=faults) as server:
         home.write_config(_config(server, mail))
         proc = home.popen("sync")
-        _wait_for(lambda: any((mail / "tmp").glob("*")) if (mail / "tmp").is_dir() else False)
+        # Message 1 is in new/ and message 2 is on its way in tmp/.
+        _wait_for(lambda: _count(mail / "new") == 1 and _count(mail / "tmp") == 1)
         proc.send_signal(signum)
         _, stderr = proc.communicate(timeout=30)
         assert proc.returncode == code, stderr
