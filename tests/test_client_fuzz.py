@@ -129,7 +129,8 @@ def check_result(out: dict[str, Any]) -> None:
     numbers = [number for number, _ in out["uidl"]]
     assert len(set(numbers)) == len(numbers)
     for number, uid in out["uidl"]:
-        assert number >= 1 and uid and uid == uid.strip() and "\n" not in uid
+        raw = uid.encode("latin-1")  # the server's bytes, kept as they came
+        assert number >= 1 and raw and raw == raw.strip() and b"\n" not in raw
     assert all(n >= 1 and size >= 0 for n, size in out["sizes"].items())
     assert [n for n, _ in out["messages"]] == numbers
     assert out["quit"] is True
