@@ -130,10 +130,7 @@ class SeenStore:
             raise StoreError(f"cannot open seen-store {path}: {exc}") from exc
         try:
             if not readonly:
-                self._db.execute("PRAGMA journal_mode=WAL")
-                self._db.execute("PRAGMA synchronous=NORMAL")
-                self._db.execute("PRAGMA foreign_keys=ON")
-                self._migrate()
+                self._set_up()
             else:
                 self._check_version()
         except sqlite3.Error as exc:
@@ -142,6 +139,23 @@ class SeenStore:
         except StoreError:
             self._db.close()
             raise
+
+    def _set_up(self) -> None:
+        # Switching a new file to WAL takes an exclusive lock and does not
+        # wait for the busy timeout: two runs starting together (``--jobs``,
+        # or two cron jobs) retry for a while instead of failing.
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                self._db.execute("PRAGMA journal_mode=WAL")
+                break
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("PRAGMA foreign_keys=ON")
+        self._migrate()
 
     def __enter__(self) -> SeenStore:
         return self

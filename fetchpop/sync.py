@@ -124,13 +124,14 @@ def open_connection(
 
 
 def connect(account: Account, password: PasswordSource, *, log: Log | None = None) -> Client:
-    """Open, secure and log in to *account*'s server. The caller QUITs or closes."""
+    """Open, secure and log in to *account*'s server. The caller QUITs or closes.
+
+    CAPA is asked again after login by :meth:`Client.maildrop`, pipelined with
+    UIDL and LIST where the server allows it.
+    """
     client = open_connection(account, log=log)
     try:
         login(client, account, password)
-        # RFC 2449 section 5: capabilities may change after login.
-        if client.capabilities is not None:
-            client.capa()
     except BaseException:
         client.close()
         raise
@@ -208,8 +209,7 @@ def _mechanism(method: str, account: Account, secret: str) -> auth.SASLMechanism
 
 def server_messages(client: Client) -> tuple[list[ServerMessage], int]:
     """UIDL and LIST merged; repeated UIDLs get distinct keys. Returns (messages, repeats)."""
-    listing = client.uidl()
-    sizes = client.sizes() if listing else {}
+    listing, sizes = client.maildrop()
     counts: dict[str, int] = {}
     out = []
     repeats = 0
@@ -457,10 +457,10 @@ class Session:
         # Only what is recorded (and synced) is considered for deletion.
         plan = make_plan(account, messages, known, now=self.now(), fresh=self._fresh)
         numbers = [m.number for m, _ in plan.delete]
-        refused = client.delete(numbers, window=window)
+        # DELE is a few bytes: a wider window costs nothing.
+        refused = client.delete_and_quit(numbers, window=window * 8)
         for number, reply in refused:
             self.result.warnings.append(f"server refused DELE {number}: {describe(reply)}")
-        client.quit()
         self.result.deleted = len(numbers) - len(refused)
         # The session completed: UIDLs gone from the server can go from the store.
         self.store.prune(self._mailbox, {m.uidl for m in messages})

@@ -134,6 +134,9 @@ class Client:
 
     def _listing(self, name: str) -> Listing | Reply:
         self._send(self._p.send(name))
+        return self._read_listing()
+
+    def _read_listing(self) -> Listing | Reply:
         event = self._event()
         if isinstance(event, Listing):
             self._log(f"S: +OK {sanitize(event.text)} [{len(event.lines)} lines]")
@@ -147,7 +150,9 @@ class Client:
 
     def capa(self) -> dict[str, list[str]] | None:
         """Ask CAPA (RFC 2449); None when the server does not know the command."""
-        result = self._listing("CAPA")
+        return self._parse_capa(self._listing("CAPA"))
+
+    def _parse_capa(self, result: Listing | Reply) -> dict[str, list[str]] | None:
         if isinstance(result, Reply):
             self.capabilities = None
             return None
@@ -179,11 +184,20 @@ class Client:
         self.capabilities = None
 
     def user_pass(self, user: str, password: str) -> None:
-        """USER/PASS login (RFC 1939 section 7)."""
+        """USER/PASS login (RFC 1939 section 7); one round trip with PIPELINING."""
+        self._remember_secret(password)
         try:
-            self.command("USER", user)
-            self._remember_secret(password)
-            self.command("PASS", password, shown="PASS ***")
+            if not self.has("PIPELINING"):
+                self.command("USER", user)
+                self.command("PASS", password, shown="PASS ***")
+                return
+            self._send(
+                self._p.send("USER", user) + self._p.send("PASS", password),
+                f"USER {user}\nPASS ***",
+            )
+            for reply in (self._reply(), self._reply()):  # both, in order
+                if not reply.ok:
+                    raise ServerError(f"{reply.command} failed: {describe(reply)}", reply.code)
         except ServerError as exc:
             raise login_error(self._hide(_server_words(exc)), exc.code) from exc
 
@@ -252,7 +266,10 @@ class Client:
 
     def uidl(self) -> list[tuple[int, str]]:
         """UIDL listing as (message number, unique id); CapabilityError without UIDL."""
-        result = self._listing("UIDL")
+        return self._parse_uidl(self._listing("UIDL"))
+
+    @staticmethod
+    def _parse_uidl(result: Listing | Reply) -> list[tuple[int, str]]:
         if isinstance(result, Reply):
             raise CapabilityError(
                 "server does not support UIDL, so fetchpop cannot tell new mail from old: "
@@ -279,7 +296,10 @@ class Client:
 
     def sizes(self) -> dict[int, int]:
         """LIST listing: message number -> size in octets."""
-        result = self._listing("LIST")
+        return self._parse_sizes(self._listing("LIST"))
+
+    @staticmethod
+    def _parse_sizes(result: Listing | Reply) -> dict[int, int]:
         if isinstance(result, Reply):
             raise ServerError("LIST failed: " + describe(result), result.code)
         sizes = {}
@@ -289,6 +309,22 @@ class Client:
                 raise ProtocolError("malformed LIST line: " + sanitize(line, 80))
             sizes[_message_number(parts[0], line, "LIST")] = int(parts[1])
         return sizes
+
+    def maildrop(self) -> tuple[list[tuple[int, str]], dict[int, int]]:
+        """After login: CAPA again (RFC 2449 section 5), UIDL and LIST.
+
+        With PIPELINING (as CAPA before login said) the three go out together,
+        one round trip instead of three.
+        """
+        if not self.has("PIPELINING"):
+            if self.capabilities is not None:
+                self.capa()
+            listing = self.uidl()
+            return listing, (self.sizes() if listing else {})
+        self._send(self._p.send("CAPA") + self._p.send("UIDL") + self._p.send("LIST"))
+        capa, uidl, sizes = self._read_listing(), self._read_listing(), self._read_listing()
+        self._parse_capa(capa)
+        return self._parse_uidl(uidl), self._parse_sizes(sizes)
 
     def retrieve(
         self, messages: Sequence[tuple[int, int | None]], *, window: int = 1
@@ -338,29 +374,43 @@ class Client:
 
     def delete(self, numbers: Sequence[int], *, window: int = 1) -> list[tuple[int, Reply]]:
         """DELE each message, pipelined; returns the ones the server refused."""
+        return self._dele(numbers, window, quit=False)
+
+    def delete_and_quit(
+        self, numbers: Sequence[int], *, window: int = 1
+    ) -> list[tuple[int, Reply]]:
+        """DELE each message and QUIT, pipelined; returns the DELEs the server refused.
+
+        Raises when QUIT is not confirmed: then no deletion has happened
+        (RFC 1939 section 6, the UPDATE state).
+        """
+        try:
+            return self._dele(numbers, window, quit=True)
+        finally:
+            self.close()
+
+    def _dele(self, numbers: Sequence[int], window: int, *, quit: bool) -> list[tuple[int, Reply]]:
         refused = []
+        commands = [("DELE", str(n)) for n in numbers] + ([("QUIT",)] if quit else [])
         pos = 0
-        for i in range(len(numbers)):
+        for i in range(len(commands)):
             out = []
-            while pos < len(numbers) and self._p.pending < window:
-                out.append(self._p.send("DELE", str(numbers[pos])))
+            while pos < len(commands) and self._p.pending < window:
+                out.append(self._p.send(*commands[pos]))
                 pos += 1
             if out:
                 self._send(b"".join(out))
             reply = self._reply()
-            if not reply.ok:
-                refused.append((numbers[i], reply))
+            if i < len(numbers):
+                if not reply.ok:
+                    refused.append((numbers[i], reply))
+            elif not reply.ok:
+                raise ServerError("QUIT failed, deletions not done: " + describe(reply), reply.code)
         return refused
 
     def quit(self) -> bool:
         """QUIT; True when the server confirmed (its deletions are then done)."""
-        try:
-            self._send(self._p.send("QUIT"))
-            reply = self._reply()
-        finally:
-            self.close()
-        if not reply.ok:
-            raise ServerError("QUIT failed, deletions not done: " + describe(reply), reply.code)
+        self.delete_and_quit(())
         return True
 
     def close(self) -> None:

@@ -102,6 +102,9 @@ class Transport:
                 sock.close()
                 last = exc
                 continue
+            # Pipelined commands go out in whole batches already; Nagle's
+            # algorithm would only hold small ones back for an ACK.
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             transport = cls(sock, host, timeout)
             if tls is not None:
                 transport.start_tls(tls, pinned)
