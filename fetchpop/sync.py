@@ -60,7 +60,7 @@ class ServerMessage:
     """A message as this session's UIDL and LIST describe it."""
 
     number: int
-    uidl: str  # the store key: the UIDL, or "UIDL #n" for the n-th repeat
+    uidl: str  # the store key: the UIDL, or "UIDL\n#n" for the n-th repeat
     size: int | None
     shared: str | None = None  # the server's UIDL, when several messages carry it
 
@@ -221,9 +221,10 @@ def server_messages(client: Client) -> tuple[list[ServerMessage], int]:
         counts[uidl] = n
         key = uidl
         if n > 1:
-            # A UIDL never holds a space (RFC 1939 section 7), so this key
-            # cannot collide with a real one.
-            key = f"{uidl} #{n}"
+            # A UIDL comes from one line of the listing, so it can never hold
+            # a line feed: this key cannot collide with a real one, even from
+            # a server that puts spaces in its UIDLs (RFC 1939 forbids them).
+            key = f"{uidl}\n#{n}"
             repeats += 1
         out.append(ServerMessage(number, key, sizes.get(number)))
     if repeats:

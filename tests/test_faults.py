@@ -557,6 +557,20 @@ def test_duplicate_uidls_in_one_run(home: Home, mail: Path) -> None:
         assert_mail(mail, MESSAGES)
 
 
+def test_repeated_uidl_key_cannot_collide_with_a_spaced_uidl(home: Home, mail: Path) -> None:
+    """A server that puts spaces in UIDLs cannot make a repeat's key look seen."""
+    box = Mailbox(MESSAGES[:3], ["dup", "dup", "dup #2"])
+    with serving(box) as server:
+        configure(home, server, mail, keep=True)
+        result = sync(home, server)
+        assert result.code == 0, result
+        assert_mail(mail, MESSAGES[:3])
+        assert len(home.seen_uidls()) == 3
+        again = sync(home, server)
+        assert again.code == 0, again
+        assert session_commands(server, 1, "RETR") == []
+
+
 def test_duplicate_uidls_across_runs(home: Home, mail: Path) -> None:
     """One run fetches the first copy (max_messages = 1), the next the second.
     Deleting the first copy early would make the second look like the first, so
