@@ -209,12 +209,13 @@ def _has_control(text: str) -> bool:
     return any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in text)
 
 
-def _host(value: object, _env: Mapping[str, str]) -> str:
+def _word(value: object, _env: Mapping[str, str]) -> str:
+    """A non-empty string without spaces or control characters (a host, a client id)."""
     text: str = _expect(value, str, "a string")
     if not text:
         raise ValueError("must not be empty")
     if any(ch.isspace() for ch in text) or _has_control(text):
-        raise ValueError(f"must not contain spaces, got {_describe(text)}")
+        raise ValueError(f"must not contain spaces or control characters, got {_describe(text)}")
     return text
 
 
@@ -314,15 +315,6 @@ def _password(value: object, _env: Mapping[str, str]) -> str:
     return text
 
 
-def _client_id(value: object, _env: Mapping[str, str]) -> str:
-    text: str = _expect(value, str, "a string")
-    if not text:
-        raise ValueError("must not be empty")
-    if any(ch.isspace() for ch in text) or _has_control(text):
-        raise ValueError(f"must not contain spaces or control characters, got {_describe(text)}")
-    return text
-
-
 def _https_url(value: object, _env: Mapping[str, str]) -> str:
     text: str = _expect(value, str, "a string")
     hint = f"expected an https:// URL, got {_describe(text)}"
@@ -412,7 +404,7 @@ def _size(value: object, env: Mapping[str, str]) -> int:
 
 
 _KEY_LIST = [
-    KeySpec("host", "string", _host, "the POP3 server's host name", required=True),
+    KeySpec("host", "string", _word, "the POP3 server's host name", required=True),
     KeySpec("user", "string", _user, "the user name to log in as", required=True),
     KeySpec(
         "port", "integer 1..65535", _port,
@@ -448,7 +440,7 @@ _KEY_LIST = [
         'sign in with OAuth2 (`fetchpop oauth login`); needs auth = "xoauth2" or "oauthbearer"',
     ),
     KeySpec(
-        "oauth_client_id", "string", _client_id,
+        "oauth_client_id", "string", _word,
         "the OAuth2 client ID of the application registered with the provider",
     ),
     KeySpec(

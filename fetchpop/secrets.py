@@ -194,14 +194,17 @@ def delete_password(account: Account) -> bool:
     return True
 
 
-def _usable_keyring() -> ModuleType:
+def _usable_keyring(
+    error: Callable[[str], UnavailableError] = _no_keyring_error,
+) -> ModuleType:
+    """The keyring module with a usable backend, or *error(reason)* raised."""
     try:
         keyring = _import_keyring()
         reason = _unusable_reason(keyring)
     except Exception as exc:  # A broken install or backend is as good as none.
         reason = _exception_text(exc)
     if reason:
-        raise _no_keyring_error(reason)
+        raise error(reason)
     return keyring
 
 
@@ -274,15 +277,12 @@ class OAuthTokenStore:
 def require_keyring() -> ModuleType:
     """The keyring module, if a usable backend exists (checked before an OAuth2 sign-in,
     whose refresh token can be kept nowhere else). Raises UnavailableError."""
-    try:
-        keyring = _import_keyring()
-        reason = _unusable_reason(keyring)
-    except Exception as exc:  # A broken install or backend is as good as none.
-        reason = _exception_text(exc)
-    if reason:
-        raise UnavailableError(
+
+    def error(reason: str) -> UnavailableError:
+        return UnavailableError(
             f"cannot use the system keyring: {reason}. OAuth2 refresh tokens are kept "
             "only there: start a Secret Service (GNOME Keyring, KeePassXC) or choose a "
             "backend with PYTHON_KEYRING_BACKEND (see keyring's documentation)"
         )
-    return keyring
+
+    return _usable_keyring(error)
