@@ -176,6 +176,12 @@ class StoreError(LocalIOError):
     """The seen-store cannot be opened, read or written."""
 
 
+class StoreLockedError(StoreError):
+    """Another process holds the seen-store's write lock for too long: try later."""
+
+    exit_code = ExitCode.TEMPFAIL
+
+
 class Interrupted(FetchpopError):
     """SIGINT or SIGTERM arrived; the run stopped at a safe point."""
 

@@ -26,7 +26,7 @@ import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from fetchpop.errors import StoreError
+from fetchpop.errors import StoreError, StoreLockedError
 
 # Each entry upgrades the schema from version i to i + 1.
 MIGRATIONS: tuple[str, ...] = (
@@ -135,7 +135,7 @@ class SeenStore:
                 self._check_version()
         except sqlite3.Error as exc:
             self._db.close()
-            raise StoreError(_explain(path, exc)) from exc
+            raise _store_error(path, exc) from exc
         except StoreError:
             self._db.close()
             raise
@@ -198,13 +198,13 @@ class SeenStore:
                 raise
             self._db.execute("COMMIT")
         except sqlite3.Error as exc:
-            raise StoreError(_explain(self.path, exc)) from exc
+            raise _store_error(self.path, exc) from exc
 
     def _read(self, sql: str, args: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
         try:
             return self._db.execute(sql, args).fetchall()
         except sqlite3.Error as exc:
-            raise StoreError(_explain(self.path, exc)) from exc
+            raise _store_error(self.path, exc) from exc
 
     # -- mailboxes -------------------------------------------------------------
 
@@ -312,7 +312,7 @@ class SeenStore:
         try:
             self._db.execute("PRAGMA wal_checkpoint(FULL)").fetchall()
         except sqlite3.Error as exc:
-            raise StoreError(_explain(self.path, exc)) from exc
+            raise _store_error(self.path, exc) from exc
 
     # -- problem messages ------------------------------------------------------
 
@@ -388,13 +388,15 @@ class SeenStore:
         return int(str(self._read("SELECT count(*) FROM seen WHERE mailbox = ?", (mailbox,))[0][0]))
 
 
-def _explain(path: Path, exc: sqlite3.Error) -> str:
+def _store_error(path: Path, exc: sqlite3.Error) -> StoreError:
     text = str(exc)
     if "locked" in text or "busy" in text:
-        return f"seen-store {path} is locked by another process: {text}"
+        return StoreLockedError(f"seen-store {path} is locked by another process: {text}")
     if "not a database" in text or "malformed" in text:
-        return (
-            f"seen-store {path} is corrupt ({text}); move it aside and run "
-            "`fetchpop seen mark ACCOUNT` to record what the server has"
+        return StoreError(
+            f"seen-store {path} is corrupt ({text}); nothing was fetched. Move it aside "
+            f"(mv {path} {path}.broken), then either sync (mail still on the server is "
+            "fetched again) or first run `fetchpop seen mark ACCOUNT` (nothing is fetched "
+            "again, but mail that came since the last good sync is marked as seen too)"
         )
-    return f"seen-store {path}: {text}"
+    return StoreError(f"seen-store {path}: {text}")

@@ -1,0 +1,91 @@
+"""Local faults end to end: a corrupt or locked seen-store, a target that cannot
+be created. Each gives one clear line and the right exit status, downloads and
+deletes nothing it should not, and other accounts in the run carry on."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from pathlib import Path
+
+import pytest
+from dovecot import DovecotUser
+from runner import Home, maildir_messages
+from test_sync_dovecot import config
+
+pytestmark = pytest.mark.dovecot
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Home:
+    return Home(tmp_path / "home")
+
+
+def test_corrupt_seen_store(mailbox: DovecotUser, home: Home, tmp_path: Path) -> None:
+    dc = mailbox.dovecot
+    dc.add_messages(mailbox.user, [b"Subject: a\n\n1\n"])
+    mail = tmp_path / "Mail"
+    home.write_config(config(mailbox, f"maildir:{mail}", keep=False))
+    home.state_dir.mkdir(parents=True)
+    home.store_path.write_bytes(b"this is not an SQLite database, just garbage" * 100)
+    result = home.run("sync")
+    assert result.code == 74, result
+    assert "is corrupt" in result.stderr and "nothing was fetched" in result.stderr
+    assert "seen mark" in result.stderr  # the documented way out
+    assert maildir_messages(mail) == []
+    assert dc.count(mailbox.user) == 1  # nothing deleted
+    # The way out works: move it aside and sync.
+    home.store_path.rename(home.store_path.with_suffix(".broken"))
+    assert home.run("sync").code == 0
+    assert maildir_messages(mail) == [b"Subject: a\n\n1\n"]
+
+
+def test_locked_seen_store_is_tempfail(mailbox: DovecotUser, home: Home, tmp_path: Path) -> None:
+    dc = mailbox.dovecot
+    dc.add_messages(mailbox.user, [b"Subject: a\n\n1\n"])
+    mail = tmp_path / "Mail"
+    home.write_config(config(mailbox, f"maildir:{mail}", keep=False))
+    assert home.run("status").code == 0
+    assert home.run("seen", "forget", "home").code == 0  # creates the store
+    holder = sqlite3.connect(home.store_path, isolation_level=None)
+    try:
+        holder.execute("BEGIN EXCLUSIVE")
+        started = time.monotonic()
+        result = home.run("sync")
+        waited = time.monotonic() - started
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert result.code == 75, result
+    assert "is locked by another process" in result.stderr
+    assert waited < 60
+    assert maildir_messages(mail) == []
+    assert dc.count(mailbox.user) == 1
+    assert home.run("sync").code == 0
+    assert maildir_messages(mail) == [b"Subject: a\n\n1\n"]
+
+
+def test_target_that_cannot_be_created_spares_other_accounts(
+    dovecot: object, home: Home, tmp_path: Path
+) -> None:
+    from dovecot import Dovecot
+
+    assert isinstance(dovecot, Dovecot)
+    broken, fine = dovecot.new_mailbox("bad"), dovecot.new_mailbox("good")
+    for box in (broken, fine):
+        dovecot.add_messages(box.user, [b"Subject: x\n\ny\n"])
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("a file where a directory should be")
+    good_mail = tmp_path / "Good"
+    home.write_config(
+        config(broken, f"maildir:{blocker}/Mail", name="bad", keep=False)
+        + config(fine, f"maildir:{good_mail}", name="good", keep=False)
+    )
+    result = home.run("sync")
+    assert result.code == 73, result
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("fetchpop: bad: ")
+    assert "Not a directory" in lines[0]
+    assert dovecot.count(broken.user) == 1  # left on the server
+    assert dovecot.count(fine.user) == 0
+    assert maildir_messages(good_mail) == [b"Subject: x\n\ny\n"]
