@@ -38,7 +38,7 @@ from fetchpop.pop3.protocol import (
 from fetchpop.pop3.transport import Transport
 
 #: Outstanding commands at most, when the server allows pipelining.
-PIPELINE_WINDOW = 32
+PIPELINE_WINDOW = 100
 #: RFC 5034 section 4: an AUTH command line must fit 255 octets, initial response included.
 MAX_AUTH_LINE = 255
 #: Message numbers beyond this are a hostile listing, not a maildrop.
@@ -338,6 +338,10 @@ class Client:
 
         def fill() -> None:
             nonlocal sent
+            # Top the window up only once half of it has drained: one write
+            # (and one TLS record) carries many RETRs instead of one each.
+            if sent and self._p.pending > window // 2:
+                return
             out = []
             while sent < len(messages) and self._p.pending < window:
                 num, size = messages[sent]

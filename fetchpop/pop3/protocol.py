@@ -289,11 +289,22 @@ class POP3Protocol:
         return self._message(exp)
 
     def _listing(self, exp: _Expect) -> Event | _NeedData:
-        while True:
-            line = self._take_line(MAX_LISTING_LINE, exp.command)
-            if line is None:
-                return NEED_DATA
+        # Every complete line in the buffer at once: one split, one deletion
+        # from the buffer (a UIDL listing of 10,000 messages is one pass).
+        buf = self._buf
+        end = buf.rfind(b"\n") + 1
+        if len(buf) - end > MAX_LISTING_LINE:
+            raise ProtocolError(f"reply to {exp.command} is longer than {MAX_LISTING_LINE} bytes")
+        consumed = 0
+        for raw in bytes(buf[:end]).split(b"\n")[:-1]:
+            consumed += len(raw) + 1
+            line = raw[:-1] if raw.endswith(b"\r") else raw
+            if len(line) > MAX_LISTING_LINE:
+                raise ProtocolError(
+                    f"reply to {exp.command} is longer than {MAX_LISTING_LINE} bytes"
+                )
             if line == b".":
+                del buf[:consumed]
                 self._in_body = False
                 self._expect.popleft()
                 lines, self._lines = self._lines, []
@@ -304,6 +315,8 @@ class POP3Protocol:
             if self._listing_size > MAX_LISTING_SIZE:
                 raise ProtocolError(f"reply to {exp.command} exceeds {MAX_LISTING_SIZE} bytes")
             self._lines.append(line)
+        del buf[:consumed]
+        return NEED_DATA
 
     def _message(self, exp: _Expect) -> Event | _NeedData:
         buf = self._buf
@@ -345,7 +358,8 @@ class POP3Protocol:
 def _find_terminator(buf: bytearray) -> int:
     """Index just past the last line before a terminating ".", or -1."""
     crlf = buf.find(b"\n.\r\n")
-    lf = buf.find(b"\n.\n")
+    # A bare-LF terminator only matters if it comes first.
+    lf = buf.find(b"\n.\n", 0, crlf + 4 if crlf >= 0 else len(buf))
     found = [i for i in (crlf, lf) if i >= 0]
     return min(found) + 1 if found else -1
 

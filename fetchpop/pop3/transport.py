@@ -14,6 +14,7 @@ import dataclasses
 import datetime
 import hashlib
 import hmac
+import select
 import socket
 import ssl
 from pathlib import Path
@@ -73,6 +74,7 @@ class Transport:
         self._sock = sock
         self.host = host
         self.timeout = timeout
+        self._eof = False
         sock.settimeout(timeout)
 
     @classmethod
@@ -180,15 +182,41 @@ class Transport:
             raise ConnectionLostError(f"connection to {self.host} lost: {_reason(exc)}") from exc
 
     def recv(self) -> bytes:
-        """Read what is there (``b""`` at end of file), waiting at most the timeout."""
+        """Read what is there (``b""`` at end of file), waiting at most the timeout.
+
+        After the first read, whatever else has already arrived is taken too
+        (up to READ_SIZE): a TLS socket hands out one record (about 16 KB) a
+        call, and each call costs a pass through the protocol parser.
+        """
+        if self._eof:
+            return b""
         try:
-            return self._sock.recv(READ_SIZE)
+            data = self._sock.recv(READ_SIZE)
+            if not data:
+                self._eof = True
+                return data
+            parts = [data]
+            size = len(data)
+            while size < READ_SIZE and self._readable():
+                more = self._sock.recv(READ_SIZE - size)
+                if not more:
+                    self._eof = True  # give what we have; b"" on the next call
+                    break
+                parts.append(more)
+                size += len(more)
+            return b"".join(parts) if len(parts) > 1 else data
         except TimeoutError as exc:
             raise ServerTimeoutError(f"no reply from {self.host} for {self.timeout:g} s") from exc
         except ssl.SSLError as exc:
             raise ConnectionLostError(f"TLS error from {self.host}: {_reason(exc)}") from exc
         except OSError as exc:
             raise ConnectionLostError(f"connection to {self.host} lost: {_reason(exc)}") from exc
+
+    def _readable(self) -> bool:
+        sock = self._sock
+        if isinstance(sock, ssl.SSLSocket) and sock.pending():
+            return True
+        return bool(select.select([sock], [], [], 0)[0])
 
     def close(self) -> None:
         """Close the connection (without a TLS close_notify wait)."""
