@@ -45,3 +45,14 @@ def test_crontab_line_uses_quiet_sync() -> None:
         ln for ln in (CONTRIB / "cron" / "crontab").read_text().splitlines() if ln and ln[0] != "#"
     ]
     assert lines == ["*/5 * * * *  fetchpop -q sync"]
+
+
+@pytest.mark.parametrize("path", sorted(CONTRIB.glob("*.toml")), ids=lambda p: p.name)
+def test_example_configs_load(path: Path, tmp_path: Path) -> None:
+    from fetchpop.config import load_config
+
+    copy = tmp_path / path.name
+    copy.write_text(path.read_text())
+    copy.chmod(0o600)  # examples holding a client secret must be private
+    config = load_config(copy, environ={"HOME": str(tmp_path)})
+    assert config.accounts
