@@ -718,11 +718,12 @@ def password_set(account: str) -> None:
 
     def run() -> int:
         from fetchpop.errors import UsageError
-        from fetchpop.secrets import keyring_username, set_password
+        from fetchpop.secrets import check_keyring, keyring_username, set_password
 
         (acct,) = env.load_config().select([account])
         if not env.stdin_isatty:
             raise UsageError("password set needs a terminal to ask for the password")
+        check_keyring()  # before asking for a password that could not be kept
         import getpass
 
         secret = getpass.getpass(f"Password for {keyring_username(acct)}: ")

@@ -274,6 +274,11 @@ class OAuthTokenStore:
         return True
 
 
+def check_keyring() -> None:
+    """Raise UnavailableError (with what to do instead) when no keyring is usable."""
+    _usable_keyring()
+
+
 def require_keyring() -> ModuleType:
     """The keyring module, if a usable backend exists (checked before an OAuth2 sign-in,
     whose refresh token can be kept nowhere else). Raises UnavailableError."""

@@ -1018,6 +1018,7 @@ def test_password_set_without_a_keyring_gives_advice(home: Home, tmp_path: Path)
     assert "fetchpop: cannot use the system keyring: no keyring backend is available" in output
     assert "set password_command" in output and "chmod 600" in output
     assert SECRET not in output  # typed without echo
+    assert "Password for" not in output  # not asked for in vain
 
 
 def test_password_from_the_keyring(
