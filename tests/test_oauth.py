@@ -728,46 +728,7 @@ def test_contrib_examples_load(tmp_path: Path, name: str, provider: str) -> None
 
 # -- 6. the real command -------------------------------------------------------------
 
-KEYRING_BACKEND = '''
-"""A keyring backend in a JSON file (tests only)."""
-import json
-import os
-from pathlib import Path
-
-from keyring.backend import KeyringBackend
-from keyring.errors import PasswordDeleteError
-
-
-class FileKeyring(KeyringBackend):
-    priority = 1
-
-    def _path(self):
-        return Path(os.environ["TEST_KEYRING_FILE"])
-
-    def _load(self):
-        path = self._path()
-        return json.loads(path.read_text()) if path.exists() else {}
-
-    def _dump(self, data):
-        tmp = self._path().with_suffix(".tmp")
-        tmp.write_text(json.dumps(data))
-        tmp.replace(self._path())
-
-    def get_password(self, service, username):
-        return self._load().get(service, {}).get(username)
-
-    def set_password(self, service, username, password):
-        data = self._load()
-        data.setdefault(service, {})[username] = password
-        self._dump(data)
-
-    def delete_password(self, service, username):
-        data = self._load()
-        if username not in data.get(service, {}):
-            raise PasswordDeleteError(username)
-        del data[service][username]
-        self._dump(data)
-'''
+KEYRING_BACKEND = (Path(__file__).parent / "filekeyring.py").read_text()
 
 FAKE_BROWSER = """#!{python}
 import json, os, ssl, sys, urllib.error, urllib.request

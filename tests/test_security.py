@@ -894,44 +894,7 @@ def test_serverinfo_shows_tls_and_the_fingerprint_that_pins(
 
 # -- 8. The keyring --------------------------------------------------------------------
 
-KEYRING_BACKEND = '''\
-"""A keyring in a JSON file ({service: {username: password}}), for tests."""
-import json
-import os
-
-from keyring.backend import KeyringBackend
-from keyring.errors import PasswordDeleteError
-
-
-class FileKeyring(KeyringBackend):
-    priority = 1
-
-    def _load(self):
-        try:
-            with open(os.environ["TEST_KEYRING_FILE"]) as f:
-                return json.load(f)
-        except FileNotFoundError:
-            return {}
-
-    def _save(self, data):
-        with open(os.environ["TEST_KEYRING_FILE"], "w") as f:
-            json.dump(data, f)
-
-    def get_password(self, service, username):
-        return self._load().get(service, {}).get(username)
-
-    def set_password(self, service, username, password):
-        data = self._load()
-        data.setdefault(service, {})[username] = password
-        self._save(data)
-
-    def delete_password(self, service, username):
-        data = self._load()
-        if username not in data.get(service, {}):
-            raise PasswordDeleteError(username)
-        del data[service][username]
-        self._save(data)
-'''
+KEYRING_BACKEND = (Path(__file__).parent / "filekeyring.py").read_text()
 
 
 @pytest.fixture
