@@ -26,9 +26,11 @@ using them with ``@pytest.mark.dovecot``.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
+import trustme
 from dovecot import Dovecot, DovecotUser, require_dovecot
 
 # --------------------------------------------------------------- Dovecot ----
@@ -72,3 +74,20 @@ def dovecot_factory() -> Iterator[Callable[..., Dovecot]]:
     finally:
         for server in servers:
             server.stop()
+
+
+# ------------------------------------------------------------ TLS (trustme) ----
+
+
+@pytest.fixture(scope="module")
+def ca() -> trustme.CA:
+    """A throwaway certificate authority for the scripted TLS servers."""
+    return trustme.CA()
+
+
+@pytest.fixture(scope="module")
+def ca_file(ca: trustme.CA, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The CA's certificate as a PEM file, for ``ca_file`` in test configs."""
+    path = tmp_path_factory.mktemp("ca") / "ca.pem"
+    ca.cert_pem.write_to_path(str(path))
+    return path

@@ -49,11 +49,6 @@ MESSAGES = [
 WIRE_1 = b"Subject: one\r\n\r\nhello\r\n.dot line\r\n"  # what octet counts refer to
 
 
-@pytest.fixture(scope="module")
-def ca() -> trustme.CA:
-    return trustme.CA()
-
-
 @contextmanager
 def running(*args: Any, **kwargs: Any) -> Iterator[FakePOP3]:
     """A started server whose recorded errors must be empty once it has stopped."""
