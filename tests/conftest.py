@@ -32,6 +32,7 @@ from typing import Any
 import pytest
 import trustme
 from dovecot import Dovecot, DovecotUser, require_dovecot
+from runner import Home
 
 # --------------------------------------------------------------- Dovecot ----
 
@@ -91,3 +92,12 @@ def ca_file(ca: trustme.CA, tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("ca") / "ca.pem"
     ca.cert_pem.write_to_path(str(path))
     return path
+
+
+# ------------------------------------------------------------- fetchpop user ----
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Home:
+    """A user's home for the real ``fetchpop`` command (see tests/runner.py)."""
+    return Home(tmp_path / "home")

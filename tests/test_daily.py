@@ -17,11 +17,6 @@ from test_sync_dovecot import config
 pytestmark = pytest.mark.dovecot
 
 
-@pytest.fixture
-def home(tmp_path: Path) -> Home:
-    return Home(tmp_path / "home")
-
-
 def _msgs(n: int, tag: str = "m") -> list[bytes]:
     return [b"Subject: %s %d\n\nbody %d\n" % (tag.encode(), i, i) for i in range(n)]
 

@@ -74,11 +74,6 @@ def stored(message: bytes) -> bytes:
 
 
 @pytest.fixture
-def home(tmp_path: Path) -> Home:
-    return Home(tmp_path / "home")
-
-
-@pytest.fixture
 def mail(tmp_path: Path) -> Path:
     return tmp_path / "Mail"
 

@@ -662,11 +662,6 @@ def test_getmail_oldmail_file_with_timestamps(tmp_path: Path) -> None:
 # -- the command: config file and seen-store ----------------------------------------------
 
 
-@pytest.fixture
-def home(tmp_path: Path) -> Home:
-    return Home(tmp_path / "home")
-
-
 def _getmail_setup(home: Home, *, fp: str = "") -> Path:
     folder = home.root / ".getmail"
     folder.mkdir(parents=True)

@@ -16,11 +16,6 @@ from test_sync_dovecot import config
 pytestmark = pytest.mark.dovecot
 
 
-@pytest.fixture
-def home(tmp_path: Path) -> Home:
-    return Home(tmp_path / "home")
-
-
 def test_corrupt_seen_store(mailbox: DovecotUser, home: Home, tmp_path: Path) -> None:
     dc = mailbox.dovecot
     dc.add_messages(mailbox.user, [b"Subject: a\n\n1\n"])

@@ -20,11 +20,6 @@ from fetchpop.seenstore import SeenStore
 pytestmark = pytest.mark.dovecot
 
 
-@pytest.fixture
-def home(tmp_path: Path) -> Home:
-    return Home(tmp_path / "home")
-
-
 def _prepare(mailbox: DovecotUser, home: Home, target: str, n: int = 3) -> list[bytes]:
     dc = mailbox.dovecot
     dc.add_messages(

@@ -82,11 +82,6 @@ def oauthbearer_payload(port: int, token: str = TOKEN) -> str:
 # -- fixtures and helpers ------------------------------------------------------------
 
 
-@pytest.fixture
-def home(tmp_path: Path) -> Home:
-    return Home(tmp_path / "home")
-
-
 @contextmanager
 def serving(messages: Mailbox | list[bytes] | None = None, **kwargs: Any) -> Iterator[FakePOP3]:
     """A started fake server with our credentials; it must end without bugs."""

@@ -41,11 +41,6 @@ def config(mb: DovecotUser, target: str, *, name: str = "home", **keys: object) 
     return account_toml(name, **base)
 
 
-@pytest.fixture
-def home(tmp_path: Path) -> Home:
-    return Home(tmp_path / "home")
-
-
 def _ensure_final_newline(msg: bytes) -> bytes:
     return msg if msg.endswith(b"\n") else msg + b"\n"
 
