@@ -119,11 +119,13 @@ class LockedError(TempFailError):
 
 
 class ServerError(FetchpopError):
-    """The server answered ``-ERR``; ``code`` is the RFC 2449 response code, if any."""
+    """The server answered ``-ERR``; ``code`` is the RFC 2449 response code, if any,
+    and ``words`` the reply as shown to a user (``-ERR [AUTH] ...``)."""
 
-    def __init__(self, message: str, code: str | None = None) -> None:
+    def __init__(self, message: str, code: str | None = None, words: str | None = None) -> None:
         super().__init__(message)
         self.code = code
+        self.words = message if words is None else words
         self.exit_code = _code_exit(code)
 
 

@@ -437,12 +437,11 @@ class Session:
         if repeats:
             self.result.warnings.append(f"server lists {repeats} repeated UIDL(s)")
         known = read_known(self.store, self._mailbox)
-        seen = known.seen
         plan = make_plan(account, messages, known, now=self.now())
         # With keep = false our own deletions empty the server; only a
         # leave-on-server mailbox can tell a UIDL reset from new mail.
         if account.keep and not self.accept_new_uidls:
-            reason = uidl_reset(plan, seen)
+            reason = uidl_reset(plan, known.seen)
             if reason:
                 name = account.name
                 raise UIDLResetError(

@@ -129,7 +129,7 @@ class Client:
         self._send(self._p.send(name, *args), shown)
         reply = self._reply()
         if not reply.ok:
-            raise ServerError(f"{name} failed: {describe(reply)}", reply.code)
+            raise ServerError(f"{name} failed: {describe(reply)}", reply.code, describe(reply))
         return reply
 
     def _listing(self, name: str) -> Listing | Reply:
@@ -197,9 +197,10 @@ class Client:
             )
             for reply in (self._reply(), self._reply()):  # both, in order
                 if not reply.ok:
-                    raise ServerError(f"{reply.command} failed: {describe(reply)}", reply.code)
+                    words = describe(reply)
+                    raise ServerError(f"{reply.command} failed: {words}", reply.code, words)
         except ServerError as exc:
-            raise login_error(self._hide(_server_words(exc)), exc.code) from exc
+            raise login_error(self._hide(exc.words), exc.code) from exc
 
     def require_apop(self) -> bytes:
         """The greeting's APOP timestamp, or CapabilityError.
@@ -219,7 +220,7 @@ class Client:
         try:
             self.command("APOP", user, digest, shown=f"APOP {user} ***")
         except ServerError as exc:
-            raise login_error(self._hide(_server_words(exc)), exc.code) from exc
+            raise login_error(self._hide(exc.words), exc.code) from exc
 
     def sasl(self, mech: auth.SASLMechanism) -> None:
         """Run an AUTH exchange (RFC 5034) with *mech*."""
@@ -442,8 +443,3 @@ def _message_number(digits: bytes, line: bytes, what: str) -> int:
     if not 1 <= number <= MAX_MESSAGE_NUMBER:
         raise ProtocolError(f"malformed {what} line (bad message number): " + sanitize(line, 80))
     return number
-
-
-def _server_words(exc: ServerError) -> str:
-    text = str(exc)
-    return text.split(": ", 1)[1] if ": " in text else text
