@@ -10,7 +10,10 @@ Strategy:
   run to look in the target before delivering again (SPEC section 1, promise 2).
 * WAL mode with ``synchronous=NORMAL``: commits are cheap and survive a killed
   process; :meth:`SeenStore.sync` (a full checkpoint, which fsyncs) makes them
-  survive power loss too, and the sync layer calls it before trusting them.
+  survive power loss too, and the sync layer calls it before trusting them. A
+  write made with ``durable=True`` commits with ``synchronous=FULL`` instead:
+  one fsync of the WAL makes it and every earlier commit durable, and the next
+  ``sync()`` has nothing to do.
 * Every write is an explicit ``BEGIN IMMEDIATE`` ... ``COMMIT`` that rolls back
   on any exception. Schema migrations run in the transaction that records
   their version (``PRAGMA user_version``).
@@ -115,6 +118,7 @@ class SeenStore:
 
     def __init__(self, path: Path, *, readonly: bool = False) -> None:
         self.path = path
+        self._dirty = True  # commits not yet known to be durable (sync() checks)
         try:
             if readonly:
                 self._db = sqlite3.connect(
@@ -188,15 +192,23 @@ class SeenStore:
                 self._db.execute(f"PRAGMA user_version = {number + 1}")
 
     @contextlib.contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
+    def _transaction(self, *, durable: bool = False) -> Iterator[sqlite3.Connection]:
+        """A write transaction; *durable* makes its commit fsync the WAL."""
         try:
-            self._db.execute("BEGIN IMMEDIATE")
+            if durable:  # read at COMMIT, but only settable outside a transaction
+                self._db.execute("PRAGMA synchronous=FULL")
             try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    yield self._db
+                except BaseException:
+                    self._db.execute("ROLLBACK")
+                    raise
+                self._db.execute("COMMIT")
+            finally:
+                if durable:
+                    self._db.execute("PRAGMA synchronous=NORMAL")
+            self._dirty = not durable
         except sqlite3.Error as exc:
             raise _store_error(self.path, exc) from exc
 
@@ -238,14 +250,16 @@ class SeenStore:
         done: Iterable[int] = (),
         now: float | None = None,
         delivered: bool = True,
+        durable: bool = False,
     ) -> None:
         """Record *uidls* as seen and drop the intents *done*, in one transaction.
 
         ``delivered=False`` records messages as seen without this store having
         delivered them (``seen mark``): they are never deleted on its behalf.
+        ``durable=True`` makes the commit (and every earlier one) durable.
         """
         stamp = time.time() if now is None else now
-        with self._transaction() as db:
+        with self._transaction(durable=durable) as db:
             db.executemany(
                 "INSERT OR IGNORE INTO seen (mailbox, uidl, first_seen, delivered)"
                 " VALUES (?, ?, ?, ?)",
@@ -287,13 +301,30 @@ class SeenStore:
 
     def begin_intent(self, mailbox: int, uidl: str, target: str, detail: str) -> int:
         """Journal that *uidl* is about to be delivered to *target* (at *detail*)."""
-        with self._transaction() as db:
-            cur = db.execute(
-                "INSERT INTO intent (mailbox, uidl, target, detail, created)"
-                " VALUES (?, ?, ?, ?, ?)",
-                (mailbox, uidl, target, detail, time.time()),
-            )
-            return int(cur.lastrowid or 0)
+        return self.begin_intents(mailbox, target, [(uidl, detail)])[0]
+
+    def begin_intents(
+        self,
+        mailbox: int,
+        target: str,
+        messages: Iterable[tuple[str, str]],
+        *,
+        durable: bool = False,
+    ) -> list[int]:
+        """Journal intents for several (uidl, detail) in one transaction; their ids."""
+        now = time.time()
+        with self._transaction(durable=durable) as db:
+            return [
+                int(
+                    db.execute(
+                        "INSERT INTO intent (mailbox, uidl, target, detail, created)"
+                        " VALUES (?, ?, ?, ?, ?)",
+                        (mailbox, uidl, target, detail, now),
+                    ).lastrowid
+                    or 0
+                )
+                for uidl, detail in messages
+            ]
 
     def intents(self, mailbox: int) -> list[Intent]:
         """Unfinished intents of *mailbox*, oldest first."""
@@ -309,10 +340,13 @@ class SeenStore:
 
     def sync(self) -> None:
         """Make every commit so far durable against power loss (fsync)."""
+        if not self._dirty:
+            return
         try:
             self._db.execute("PRAGMA wal_checkpoint(FULL)").fetchall()
         except sqlite3.Error as exc:
             raise _store_error(self.path, exc) from exc
+        self._dirty = False
 
     # -- problem messages ------------------------------------------------------
 

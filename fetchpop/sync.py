@@ -11,9 +11,12 @@ The ordering invariant, for every message:
 
 Any failure before 4 leaves the message on the server and unrecorded; a crash
 between 3 and 4 leaves an intent that the next run resolves by looking in the
-target instead of delivering again. Steps 3 and 4 are batched (group commit):
-several finished messages, then one round of fsyncs and one transaction —
-never recording or deleting anything that is not yet durable.
+target instead of delivering again. Steps 1, 3 and 4 are batched (group
+commit): where the target can name its deliveries ahead (a Maildir), one
+transaction journals the intents of a whole batch before its first message is
+written; after several finished messages, one round of fsyncs and one
+transaction record them — never recording or deleting anything that is not
+yet durable.
 """
 
 from __future__ import annotations
@@ -367,6 +370,9 @@ class Session:
         self._mailbox = 0
         self._batch: list[tuple[int, str, int]] = []  # (intent id, uidl, octets)
         self._fresh: set[str] = set()
+        # Intents journalled ahead, a batch per transaction: number -> (id, intent).
+        self._ahead: dict[int, tuple[int, str]] = {}
+        self._target_reserves = True  # until the target says it cannot
 
     def run(self) -> SyncResult:
         """Sync the account; raises a FetchpopError subclass on failure."""
@@ -454,6 +460,7 @@ class Session:
             self._fetch(client, target, plan.fetch, window)
         finally:
             self._commit(target)
+            self._drop_unused_intents()
         # Only what is recorded (and synced) is considered for deletion.
         plan = make_plan(account, messages, known, now=self.now(), fresh=self._fresh)
         numbers = [m.number for m, _ in plan.delete]
@@ -478,10 +485,13 @@ class Session:
     def _fetch(
         self, client: Client, target: Target, todo: list[ServerMessage], window: int
     ) -> None:
-        by_number = {m.number: m for m in todo}
         pending_octets = 0
-        for number, body in client.retrieve([(m.number, m.size) for m in todo], window=window):
-            msg = by_number[number]
+        retrieved = client.retrieve([(m.number, m.size) for m in todo], window=window)
+        for i, (number, body) in enumerate(retrieved):
+            msg = todo[i]
+            assert msg.number == number
+            if number not in self._ahead and self._target_reserves:
+                self._journal_ahead(target, todo[i : i + BATCH_MESSAGES])
             if isinstance(body, Reply):
                 # Gone between UIDL and RETR (another device deleted it).
                 self.result.warnings.append(
@@ -518,15 +528,39 @@ class Session:
         self.failure = self.failure or exc
         return True
 
+    def _journal_ahead(self, target: Target, messages: list[ServerMessage]) -> None:
+        """Journal the intents of the next *messages* in one transaction, if the target can."""
+        names = target.reserve(len(messages))
+        if not names:
+            self._target_reserves = False
+            return
+        where = format_deliver(self.account.deliver)
+        pairs = [(m.uidl, name) for m, name in zip(messages, names, strict=True)]
+        # Durable now, so that the batch's flush needs no checkpoint first.
+        ids = self.store.begin_intents(self._mailbox, where, pairs, durable=True)
+        for msg, intent, name in zip(messages, ids, names, strict=True):
+            self._ahead[msg.number] = (intent, name)
+
+    def _drop_unused_intents(self) -> None:
+        """Intents journalled ahead for messages never begun (vanished, or a stop)."""
+        if self._ahead:
+            unused, self._ahead = self._ahead, {}
+            self.store.drop_intents([intent for intent, _ in unused.values()])
+
     def _deliver_one(self, target: Target, msg: ServerMessage, body: Iterator[bytes]) -> int:
-        delivery = target.begin(msg.uidl)
-        try:
-            intent = self.store.begin_intent(
-                self._mailbox, msg.uidl, format_deliver(self.account.deliver), delivery.intent
-            )
-        except BaseException:
-            delivery.abort()
-            raise
+        ahead = self._ahead.pop(msg.number, None)
+        if ahead is not None:
+            intent, name = ahead
+            delivery = target.begin(msg.uidl, name)
+        else:
+            delivery = target.begin(msg.uidl)
+            try:
+                intent = self.store.begin_intent(
+                    self._mailbox, msg.uidl, format_deliver(self.account.deliver), delivery.intent
+                )
+            except BaseException:
+                delivery.abort()
+                raise
         octets = 0
         try:
             for chunk in body:
@@ -552,8 +586,9 @@ class Session:
         self.store.sync()  # intents durable before the messages are
         target.flush()
         uidls = [uidl for _, uidl, _ in batch]
-        self.store.record(self._mailbox, uidls, done=[i for i, _, _ in batch], now=self.now())
-        self.store.sync()  # recorded durably before any DELE
+        done = [i for i, _, _ in batch]
+        # Recorded durably before any DELE.
+        self.store.record(self._mailbox, uidls, done=done, now=self.now(), durable=True)
         self._fresh.update(uidls)
         self.result.fetched += len(batch)
         self.result.octets += sum(o for _, _, o in batch)

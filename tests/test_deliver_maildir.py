@@ -139,7 +139,76 @@ def test_a_finished_delivery_cannot_be_written_or_aborted(tmp_path: Path) -> Non
     with pytest.raises(LocalProtocolError):
         delivery.write(b"more")
     delivery.abort()  # no effect after finish
+    target.flush()
     assert len(entries(tmp_path)["new"]) == 1
+
+
+def test_finished_messages_appear_in_new_only_at_flush(tmp_path: Path) -> None:
+    target = MaildirTarget(tmp_path)
+    names = []
+    for i in range(3):
+        delivery = target.begin(f"uidl-{i}")
+        delivery.write(MESSAGE + str(i).encode())
+        delivery.finish()
+        names.append(delivery.intent)
+    # Complete in tmp/, invisible to a mail reader until synced and published.
+    assert entries(tmp_path) == {"cur": [], "new": [], "tmp": sorted(names)}
+    target.flush()
+    size = len(MESSAGE) + 1
+    assert entries(tmp_path) == {
+        "cur": [],
+        "new": sorted(f"{n},S={size}" for n in names),
+        "tmp": [],
+    }
+    for i, name in enumerate(names):
+        assert (tmp_path / "new" / f"{name},S={size}").read_bytes() == MESSAGE + str(i).encode()
+    target.flush()  # nothing left to do
+    target.close()
+
+
+def test_close_discards_finished_but_unflushed_messages(tmp_path: Path) -> None:
+    target = MaildirTarget(tmp_path)
+    published = deliver(target, MESSAGE)
+    pending = target.begin("uidl-2")
+    pending.write(MESSAGE)
+    pending.finish()
+    target.close()
+    assert entries(tmp_path) == {
+        "cur": [],
+        "new": [f"{published},S={len(MESSAGE)}"],
+        "tmp": [],
+    }
+    assert target.delivered(pending.intent) is False
+
+
+def test_reserved_names_are_unique_and_used_as_given(tmp_path: Path) -> None:
+    target = MaildirTarget(tmp_path)
+    names = target.reserve(100)
+    assert len(set(names)) == 100
+    # Reserving creates nothing: a run killed now leaves tmp/ empty.
+    assert entries(tmp_path) == {"cur": [], "new": [], "tmp": []}
+    delivery = target.begin("uidl-1", names[7])
+    assert delivery.intent == names[7]
+    delivery.write(MESSAGE)
+    delivery.finish()
+    target.flush()
+    assert target.delivered(names[7]) is True
+    assert target.delivered(names[8]) is False
+
+
+def test_a_failed_flush_discards_what_was_not_published(tmp_path: Path) -> None:
+    target = MaildirTarget(tmp_path)
+    for i in range(2):
+        delivery = target.begin(f"uidl-{i}")
+        delivery.write(MESSAGE)
+        delivery.finish()
+    os.rmdir(tmp_path / "cur")
+    os.rename(tmp_path / "new", tmp_path / "cur")
+    (tmp_path / "new").write_bytes(b"")  # a file where new/ should be: renames fail
+    with pytest.raises(DeliveryError, match="Not a directory"):
+        target.flush()
+    assert os.listdir(tmp_path / "tmp") == []
+    target.close()
 
 
 def test_delivered_finds_the_message_in_new_and_in_cur(tmp_path: Path) -> None:

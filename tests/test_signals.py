@@ -50,8 +50,9 @@ def test_first_signal_finishes_message_in_flight(tmp_path: Path, signum: int, co
     with FakePOP3(MESSAGES, faults=faults) as server:
         home.write_config(_config(server, mail))
         proc = home.popen("sync")
-        # Message 1 is in new/ and message 2 is on its way in tmp/.
-        _wait_for(lambda: _count(mail / "new") == 1 and _count(mail / "tmp") == 1)
+        # Message 1 is complete in tmp/ (published with its batch) and message
+        # 2 is on its way there.
+        _wait_for(lambda: _count(mail / "tmp") == 2)
         proc.send_signal(signum)
         _, stderr = proc.communicate(timeout=30)
         assert proc.returncode == code, stderr

@@ -35,8 +35,19 @@ class Delivery(Protocol):
 class Target(Protocol):
     """A Maildir, an mbox file or an MDA command."""
 
-    def begin(self, uidl: str) -> Delivery:
-        """Start delivering one message (*uidl* is for error messages only)."""
+    def reserve(self, count: int) -> list[str]:
+        """Intents for the next *count* deliveries, chosen before anything is written.
+
+        The caller journals them together (one transaction for a batch) and
+        passes each to ``begin()``. An empty list means this target can only
+        choose an intent in ``begin()`` (an mbox needs the file's length then).
+        """
+
+    def begin(self, uidl: str, intent: str | None = None) -> Delivery:
+        """Start delivering one message (*uidl* is for error messages only).
+
+        *intent* is one that ``reserve()`` returned, or None to choose one now.
+        """
 
     def flush(self) -> None:
         """Make every finished delivery durable (fsync files and directories)."""

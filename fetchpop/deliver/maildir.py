@@ -1,14 +1,19 @@
 """Delivery into a Maildir.
 
 Strategy (https://cr.yp.to/proto/maildir.html): write the message to
-``tmp/<unique>``, fsync it, rename it to ``new/<unique>,S=<size>``, and fsync
-``new/`` in :meth:`MaildirTarget.flush`. A mail reader never sees a partial
-message, and after ``flush()`` a power cut cannot lose the directory entry.
+``tmp/<unique>``; in :meth:`MaildirTarget.flush`, fsync every file finished
+since the last flush, rename each to ``new/<unique>,S=<size>``, and fsync
+``new/`` once. A mail reader never sees a partial message, and after
+``flush()`` a power cut cannot lose a file or its directory entry. Doing the
+fsyncs together, one batch at a time, lets the file system commit its journal
+once for many files instead of once per file.
+
 The unique name is the delivery's intent, so crash recovery can look for it in
 ``new/`` and ``cur/`` (where a reader may have moved it and added ``:2,S``).
-``begin()`` only chooses the name; the file is created at the first write,
-after the caller has journalled the intent, so a run killed in between leaves
-no orphan in ``tmp/`` that no intent names.
+Names can be chosen ahead (:meth:`MaildirTarget.reserve`) so the caller can
+journal a whole batch of intents in one transaction. The file is created at
+the first write, after the caller has journalled the intent, so a run killed in
+between leaves no orphan in ``tmp/`` that no intent names.
 """
 
 from __future__ import annotations
@@ -21,7 +26,6 @@ import socket
 import time
 from collections.abc import Iterable
 from pathlib import Path
-from typing import BinaryIO
 
 from fetchpop.deliver._oserror import fsync_dir, make_dirs, os_error
 from fetchpop.errors import FetchpopError, LocalProtocolError
@@ -52,73 +56,80 @@ class MaildirDelivery:
     def __init__(self, target: MaildirTarget, name: str) -> None:
         self.intent = name
         self._target = target
-        self._file: BinaryIO | None = None  # tmp/<name>, created at the first write
+        self._tmp = f"{target.tmp}/{name}"
+        self._fd = -1  # tmp/<name>, created at the first write
         self._created = False
         self._size = 0
-        self._state = "open"  # -> "finished" | "aborted"
+        self._state = "open"  # -> "finished" (awaiting flush) -> "renamed" | "aborted"
 
-    def _live_file(self) -> BinaryIO:
+    def _live_fd(self) -> int:
         if self._state != "open":
             raise LocalProtocolError("Maildir delivery used after finish() or abort()")
-        if self._file is None:
+        if self._fd < 0:
             flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
             try:
-                fd = os.open(self._target.tmp / self.intent, flags, 0o600)
+                self._fd = os.open(self._tmp, flags, 0o600)
+                self._created = True
             except OSError as exc:
                 # Not ours to remove, if it exists: give up this name, and the message.
                 self._state = "aborted"
-                self._target.done(self, renamed=False)
+                self._target.done(self)
                 raise self._target.error(exc) from exc
-            self._created = True
-            self._file = open(fd, "wb")  # noqa: SIM115 (closed by finish or abort)
-        return self._file
+        return self._fd
 
     def write(self, chunk: bytes) -> None:
         """Append *chunk*; on failure the temporary file is removed and the error raised."""
-        file = self._live_file()
+        fd = self._live_fd()
         try:
-            file.write(chunk)
+            written = os.write(fd, chunk)
+            while written < len(chunk):  # a short write: the disk is filling up
+                written += os.write(fd, chunk[written:])
         except OSError as exc:
             self.abort()
             raise self._target.error(exc) from exc
         self._size += len(chunk)
 
     def finish(self) -> None:
-        """fsync the file and move it into ``new/``; durable after ``target.flush()``."""
-        file = self._live_file()
-        tmp = self._target.tmp / self.intent
-        try:
-            file.flush()
-            os.fsync(file.fileno())
-            file.close()
-            self._file = None
-            os.rename(tmp, self._target.new / f"{self.intent},S={self._size}")
-        except OSError as exc:
-            self.abort()
-            raise self._target.error(exc) from exc
+        """Complete the file in ``tmp/``; the target's ``flush()`` syncs and publishes it."""
+        self._live_fd()
         self._state = "finished"
-        self._target.done(self, renamed=True)
+        self._target.finished(self)
+
+    def publish(self) -> None:
+        """Called by ``flush()`` once the file is synced: move it into ``new/``."""
+        os.close(self._fd)
+        self._fd = -1
+        os.rename(self._tmp, f"{self._target.new}/{self.intent},S={self._size}")
+        self._state = "renamed"
+
+    def sync(self) -> None:
+        """Called by ``flush()``: fsync the file's data."""
+        os.fsync(self._fd)
 
     def abort(self) -> None:
         """Close and remove the temporary file. Does nothing after ``finish()``."""
         if self._state != "open":
             return
+        self.discard()
+
+    def discard(self) -> None:
+        """Close and remove the temporary file, finished or not (not once renamed)."""
+        if self._state == "renamed" or self._state == "aborted":
+            return
         self._state = "aborted"
-        if self._file is not None:
-            file, self._file = self._file, None
-            # Buffered bytes that cannot be written are being discarded anyway.
+        self._target.done(self)
+        if self._fd >= 0:
+            fd, self._fd = self._fd, -1
             with contextlib.suppress(OSError):
-                file.close()
+                os.close(fd)
         if not self._created:  # nothing to remove (a same-named file is not ours)
-            self._target.done(self, renamed=False)
             return
         try:
-            os.unlink(self._target.tmp / self.intent)
+            os.unlink(self._tmp)
         except FileNotFoundError:
             pass
         except OSError as exc:
             raise self._target.error(exc) from exc
-        self._target.done(self, renamed=False)
 
 
 class MaildirTarget:
@@ -126,14 +137,14 @@ class MaildirTarget:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.tmp = path / "tmp"
-        self.new = path / "new"
-        self.cur = path / "cur"
-        self._active: set[MaildirDelivery] = set()
-        self._unflushed = False
+        self.tmp = str(path / "tmp")
+        self.new = str(path / "new")
+        self.cur = str(path / "cur")
+        self._active: set[MaildirDelivery] = set()  # begun, not finished
+        self._finished: list[MaildirDelivery] = []  # finished, not yet flushed
         for sub in (self.tmp, self.new, self.cur):
             try:
-                make_dirs(str(sub))
+                make_dirs(sub)
             except OSError as exc:
                 raise os_error(exc, f"cannot create Maildir {path}") from exc
 
@@ -141,51 +152,77 @@ class MaildirTarget:
         """The fetchpop error for *exc* met while writing to this Maildir."""
         return os_error(exc, f"cannot write to Maildir {self.path}")
 
-    def begin(self, uidl: str) -> MaildirDelivery:
-        """Choose a unique name free in ``tmp/``: the intent.
+    def reserve(self, count: int) -> list[str]:
+        """*count* fresh unique names, for the caller to journal before ``begin()``."""
+        return [unique_name() for _ in range(count)]
+
+    def begin(self, uidl: str, intent: str | None = None) -> MaildirDelivery:
+        """Start a message named *intent* (from :meth:`reserve`), or a name free in ``tmp/``.
 
         The file (O_EXCL, mode 0600) is created at the first write, so that
         nothing is left in ``tmp/`` by a crash before the caller journals the
         intent.
         """
+        name = intent if intent is not None else self._free_name()
+        delivery = MaildirDelivery(self, name)
+        self._active.add(delivery)
+        return delivery
+
+    def _free_name(self) -> str:
         for _attempt in range(10):
             name = unique_name()
             try:
-                os.lstat(self.tmp / name)
+                os.lstat(f"{self.tmp}/{name}")
             except FileNotFoundError:
                 # ENOENT from a missing tmp/ too: say so now, not at the first write.
-                if not self.tmp.is_dir():
+                if not os.path.isdir(self.tmp):
                     raise self.error(
                         FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT))
                     ) from None
-                delivery = MaildirDelivery(self, name)
-                self._active.add(delivery)
-                return delivery
+                return name
             except OSError as exc:
                 raise self.error(exc) from exc
             # Only a clock step back or a pid reused within a microsecond gets
             # here; a fresh name (the counter moved on) fixes it.
         raise self.error(FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST)))
 
-    def done(self, delivery: MaildirDelivery, *, renamed: bool) -> None:
-        """Called by a delivery when it is finished (*renamed* into new/) or aborted."""
+    def finished(self, delivery: MaildirDelivery) -> None:
+        """Called by a delivery whose file is complete: it waits for :meth:`flush`."""
         self._active.discard(delivery)
-        self._unflushed = self._unflushed or renamed
+        self._finished.append(delivery)
+
+    def done(self, delivery: MaildirDelivery) -> None:
+        """Called by a delivery that is aborted."""
+        self._active.discard(delivery)
+        with contextlib.suppress(ValueError):
+            self._finished.remove(delivery)
 
     def flush(self) -> None:
-        """fsync ``new/`` once for every delivery finished since the last flush."""
-        if not self._unflushed:
+        """Publish every message finished since the last flush, durably.
+
+        First every file is fsynced, then each is renamed into ``new/``, then
+        ``new/`` is fsynced once. A failure discards what was not yet renamed
+        (its intent tells the next run it is absent).
+        """
+        batch, self._finished = self._finished, []
+        if not batch:
             return
         try:
+            for delivery in batch:
+                delivery.sync()
+            for delivery in batch:
+                delivery.publish()
             fsync_dir(self.new)
         except OSError as exc:
+            for delivery in batch:
+                with contextlib.suppress(FetchpopError):
+                    delivery.discard()
             raise self.error(exc) from exc
-        self._unflushed = False
 
     def close(self) -> None:
-        """Abort unfinished deliveries."""
-        for delivery in list(self._active):
-            delivery.abort()
+        """Discard deliveries not yet published (unfinished, or finished but not flushed)."""
+        for delivery in [*self._active, *self._finished]:
+            delivery.discard()
 
     def confirm(self, intent: str, message: Iterable[bytes]) -> bool:
         """``delivered()`` always knows for a Maildir; this only agrees with it."""
@@ -209,7 +246,8 @@ class MaildirTarget:
                         if entry.name.startswith(intent) and rest[:1] in ("", ",", ":"):
                             return True
             # A crash between open and rename leaves the partial file in tmp/.
-            (self.tmp / intent).unlink(missing_ok=True)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(f"{self.tmp}/{intent}")
         except OSError as exc:
             raise self.error(exc) from exc
         return False

@@ -248,7 +248,11 @@ class MboxTarget:
         """The fetchpop error for *exc* met while writing to this mbox."""
         return os_error(exc, f"cannot write to mbox {self.path}")
 
-    def begin(self, uidl: str) -> MboxDelivery:
+    def reserve(self, count: int) -> list[str]:
+        """Nothing ahead: the intent is the file's length when a message begins."""
+        return []
+
+    def begin(self, uidl: str, intent: str | None = None) -> MboxDelivery:
         """Lock the file (the first time), note its length as the intent."""
         if self._active is not None:
             raise LocalProtocolError("an mbox takes one message at a time")

@@ -183,7 +183,11 @@ class MdaTarget:
         self.timeout = timeout
         self._active: set[MdaDelivery] = set()
 
-    def begin(self, uidl: str) -> MdaDelivery:
+    def reserve(self, count: int) -> list[str]:
+        """Nothing ahead: an MDA leaves nothing an intent could name."""
+        return []
+
+    def begin(self, uidl: str, intent: str | None = None) -> MdaDelivery:
         """Open the spool file ($TMPDIR, unlinked at once) for one message."""
         try:
             spool = tempfile.TemporaryFile(prefix="fetchpop-mda-")  # noqa: SIM115 - kept open
