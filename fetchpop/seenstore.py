@@ -26,7 +26,7 @@ import dataclasses
 import os
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from pathlib import Path
 
 from fetchpop.errors import StoreError, StoreLockedError
@@ -240,7 +240,7 @@ class SeenStore:
     def seen(self, mailbox: int) -> dict[str, float]:
         """Every UIDL recorded for *mailbox*, with its first-seen time (one query)."""
         rows = self._read("SELECT uidl, first_seen FROM seen WHERE mailbox = ?", (mailbox,))
-        return {str(uidl): float(first) for uidl, first in rows}  # type: ignore[arg-type]
+        return dict(rows)  # type: ignore[arg-type]  # (TEXT, REAL) columns
 
     def record(
         self,
@@ -287,12 +287,25 @@ class SeenStore:
                 ).rowcount
             return count
 
-    def prune(self, mailbox: int, present: set[str]) -> int:
-        """Forget UIDLs no longer on the server (after a completed session only)."""
-        gone = [uidl for uidl in self.seen(mailbox) if uidl not in present]
+    def prune(
+        self,
+        mailbox: int,
+        present: Collection[str],
+        *,
+        recorded: Iterable[str] | None = None,
+        problems: Iterable[str] | None = None,
+    ) -> int:
+        """Forget UIDLs no longer on the server (after a completed session only).
+
+        *recorded* and *problems*, when the caller has them at hand, are the
+        UIDLs recorded for *mailbox* and its problem messages (else they are read).
+        """
+        known = self.seen(mailbox) if recorded is None else recorded
+        gone = [uidl for uidl in known if uidl not in present]
         if gone:
             self.forget(mailbox, gone)
-        stale = [uidl for uidl in self.problems(mailbox) if uidl not in present]
+        failing = self.problems(mailbox) if problems is None else problems
+        stale = [uidl for uidl in failing if uidl not in present]
         if stale:
             self.clear_problems(mailbox, stale)
         return len(gone)

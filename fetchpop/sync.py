@@ -42,7 +42,7 @@ from fetchpop.errors import (
 from fetchpop.pop3 import auth
 from fetchpop.pop3.client import PIPELINE_WINDOW, Client, Log, describe
 from fetchpop.pop3.protocol import Reply
-from fetchpop.pop3.transport import Transport, make_ssl_context
+from fetchpop.pop3.transport import Transport, UnknownIssuerError, make_ssl_context
 from fetchpop.seenstore import Intent, SeenStore
 
 #: Group commit: flush after this many messages or bytes, whichever first.
@@ -58,7 +58,7 @@ PasswordSource = Callable[[], str]
 Progress = Callable[[str, int], None]
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(slots=True)  # not frozen: a mailbox makes 100,000 of them
 class ServerMessage:
     """A message as this session's UIDL and LIST describe it."""
 
@@ -96,16 +96,35 @@ class SyncResult:
 
 
 def open_connection(
-    account: Account, *, log: Log | None = None, seen_caps: dict[str, object] | None = None
+    account: Account,
+    *,
+    log: Log | None = None,
+    seen_caps: dict[str, object] | None = None,
+    whole_store: bool = False,
 ) -> Client:
     """Connect and secure the channel (implicit TLS or STLS), up to the login.
 
-    *seen_caps*, when given, receives the capabilities at each stage.
+    *seen_caps*, when given, receives the capabilities at each stage. A
+    certificate whose issuer the system's CA directory lacks is tried once
+    more against the whole CA store (see :func:`make_ssl_context`).
     """
+    try:
+        return _open_connection(account, log, seen_caps, whole_store)
+    except UnknownIssuerError:
+        if whole_store:
+            raise
+        return _open_connection(account, log, seen_caps, True)
+
+
+def _open_connection(
+    account: Account, log: Log | None, seen_caps: dict[str, object] | None, whole_store: bool
+) -> Client:
     caps = seen_caps if seen_caps is not None else {}
     context = None
     if account.tls != "off":
-        context = make_ssl_context(account.ca_file, account.tls_fingerprint)
+        context = make_ssl_context(
+            account.ca_file, account.tls_fingerprint, whole_store=whole_store
+        )
     transport = Transport.connect(
         account.host,
         account.port,
@@ -469,8 +488,14 @@ class Session:
         for number, reply in refused:
             self.result.warnings.append(f"server refused DELE {number}: {describe(reply)}")
         self.result.deleted = len(numbers) - len(refused)
-        # The session completed: UIDLs gone from the server can go from the store.
-        self.store.prune(self._mailbox, {m.uidl for m in messages})
+        # The session completed: UIDLs gone from the server can go from the store
+        # (recorded before this session, or by it: those are on the server).
+        self.store.prune(
+            self._mailbox,
+            {m.uidl for m in messages},
+            recorded=known.seen,
+            problems=known.problems,
+        )
 
     def _note_skips(self, plan: Plan, problems: Mapping[str, tuple[int, str]]) -> None:
         """Skipped messages: a warning the first time (max_size), every time (poison)."""

@@ -319,6 +319,65 @@ def test_verified_tls_works(
     assert maildir_messages(mail) == [MESSAGE]
 
 
+def subject_hash(pem: Path) -> str:
+    """OpenSSL's name for a CA file in a hashed directory (``openssl rehash``)."""
+    out = subprocess.run(
+        ["openssl", "x509", "-hash", "-noout", "-in", str(pem)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return out.stdout.strip()
+
+
+def test_system_ca_directory_is_used_without_loading_the_bundle(
+    ca: trustme.CA, ca_file: Path, home: Home, tmp_path: Path
+) -> None:
+    """The system's CAs come from the hashed directory alone: one connection."""
+    capath = tmp_path / "certs"
+    capath.mkdir()
+    (capath / f"{subject_hash(ca_file)}.0").write_bytes(ca_file.read_bytes())
+    mail = tmp_path / "Mail"
+    with serving(tls_context=make_server_context(ca, "localhost"), implicit_tls=True) as server:
+        home.write_config(fake_account(server, mail))  # no ca_file: system trust only
+        env = {"SSL_CERT_DIR": str(capath), "SSL_CERT_FILE": str(tmp_path / "absent.pem")}
+        result = home.run("sync", env=env)
+        assert result.code == 0, result
+        assert len(server.sessions) == 1
+    assert maildir_messages(mail) == [MESSAGE]
+
+
+def test_issuer_missing_from_the_ca_directory_is_found_in_the_bundle(
+    ca: trustme.CA, ca_file: Path, home: Home, tmp_path: Path
+) -> None:
+    """The directory alone does not vouch for the server: retried with the whole store."""
+    capath = tmp_path / "certs"
+    capath.mkdir()
+    other = trustme.CA().cert_pem.bytes()
+    (capath / "0123abcd.0").write_bytes(other)  # hashed names, but not our CA
+    mail = tmp_path / "Mail"
+    with serving(tls_context=make_server_context(ca, "localhost"), implicit_tls=True) as server:
+        home.write_config(fake_account(server, mail))
+        env = {"SSL_CERT_DIR": str(capath), "SSL_CERT_FILE": str(ca_file)}
+        result = home.run("sync", env=env)
+        assert result.code == 0, result
+        assert result.stderr == ""
+        assert server.wait_sessions(2)
+        first, second = server.sessions
+        assert first.tls is False and first.user is None  # refused at the handshake
+        assert second.tls and second.user == USER
+    assert maildir_messages(mail) == [MESSAGE]
+    # Neither store knows the issuer: refused as before, after the one retry.
+    with serving(
+        tls_context=make_server_context(trustme.CA(), "localhost"), implicit_tls=True
+    ) as server:
+        home.write_config(fake_account(server, tmp_path / "Other"))
+        result = home.run("sync", env=env)
+        assert result.code == 69, result
+        assert "unable to get local issuer certificate" in error_line(result)
+        assert_nothing_secret_on_wire(server, 2)
+
+
 # -- 2. STARTTLS, strictly -----------------------------------------------------------
 
 
