@@ -10,7 +10,6 @@ stays fast.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import sys
 import time
@@ -71,6 +70,14 @@ class Environment:
         """A warning: shown unless -q."""
         if not self.quiet:
             self.error(text)
+
+    def print_json(self, data: object) -> None:
+        """``--json`` output: *data* indented, on stdout."""
+        import json  # (lazily: a plain sync has no use for it)
+
+        json.dump(data, self.stdout, indent=2)
+        self.stdout.write("\n")
+        self.stdout.flush()
 
     def load_config(self) -> Config:
         """Find and load the configuration file."""
@@ -325,9 +332,7 @@ def sync(
         else:
             results = [one(account) for account in selected]
         if as_json:
-            json.dump({"accounts": [r for _, r in results]}, env.stdout, indent=2)
-            env.stdout.write("\n")
-            env.stdout.flush()
+            env.print_json({"accounts": [r for _, r in results]})
         if signals.received is not None:
             return ExitCode.INTERRUPTED if signals.received == 2 else ExitCode.TERMINATED
         return combine([c for c, _ in results])
@@ -546,8 +551,7 @@ def check(accounts: tuple[str, ...], as_json: bool) -> None:
                             file=env.stdout,
                         )
         if as_json:
-            json.dump({"accounts": reports}, env.stdout, indent=2)
-            env.stdout.write("\n")
+            env.print_json({"accounts": reports})
         return combine(codes)
 
     guard(env, run)
@@ -580,8 +584,7 @@ def accounts_cmd(as_json: bool) -> None:
         config = env.load_config()
         data = [a.to_public_dict() for a in config.accounts.values()]
         if as_json:
-            json.dump({"config": str(config.path), "accounts": data}, env.stdout, indent=2)
-            env.stdout.write("\n")
+            env.print_json({"config": str(config.path), "accounts": data})
             return 0
         print(f"# {config.path}", file=env.stdout)
         for account in data:
@@ -623,8 +626,7 @@ def status(accounts: tuple[str, ...], as_json: bool) -> None:
             if store:
                 store.close()
         if as_json:
-            json.dump({"store": str(path), "accounts": rows}, env.stdout, indent=2)
-            env.stdout.write("\n")
+            env.print_json({"store": str(path), "accounts": rows})
             return 0
         for row in rows:
             last = row["last_run"]
@@ -770,8 +772,7 @@ def serverinfo(account: str, as_json: bool) -> None:
         (acct,) = env.load_config().select([account])
         info = probe(acct, env.password_source(acct), log=_transcript(env, acct.name))
         if as_json:
-            json.dump(info, env.stdout, indent=2)
-            env.stdout.write("\n")
+            env.print_json(info)
             return 0
         out = env.stdout
         print(f"{acct.name}: {acct.host} port {acct.port}, tls = {acct.tls}", file=out)

@@ -10,18 +10,13 @@ promises. After loading, nothing downstream re-validates: the values are final.
 
 from __future__ import annotations
 
-import difflib
-import json
 import math
 import os
 import re
-import shlex
 import sys
 import tomllib
-import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal, cast
 
@@ -121,6 +116,8 @@ class Account:
 def format_deliver(spec: DeliverySpec) -> str:
     """*spec* written back in the ``deliver`` key's syntax."""
     if spec.kind == "mda":
+        import shlex
+
         return "mda:" + shlex.join(spec.command or ())
     return f"{spec.kind}:{spec.path}"
 
@@ -179,6 +176,8 @@ def _describe(value: object, *, secret: bool = False) -> str:
     if isinstance(value, str):
         if secret:
             return "a string"
+        import json  # (lazily: only an error message needs it)
+
         return json.dumps(sanitize(value, limit=60), ensure_ascii=False)
     if isinstance(value, dict):
         return "a table"
@@ -201,6 +200,8 @@ def _expect(value: object, kind: type | tuple[type, ...], what: str, secret: boo
 
 
 def _suggest(word: str, choices: Sequence[str]) -> str:
+    import difflib  # (lazily: only an error message needs it)
+
     close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
     return f" (did you mean {_quote(close[0])}?)" if close else ""
 
@@ -297,6 +298,8 @@ def _fingerprint(value: object, _env: Mapping[str, str]) -> str:
 
 def _command(value: object, _env: Mapping[str, str]) -> str:
     text: str = _expect(value, str, "a string")
+    import shlex  # (lazily: only command settings need it)
+
     try:
         words = shlex.split(text)
     except ValueError as exc:
@@ -320,6 +323,8 @@ def _https_url(value: object, _env: Mapping[str, str]) -> str:
     hint = f"expected an https:// URL, got {_describe(text)}"
     if any(ch.isspace() for ch in text) or _has_control(text):
         raise ValueError(hint)
+    import urllib.parse  # (lazily: only OAuth settings need it)
+
     try:
         parts = urllib.parse.urlsplit(text)
         parts.port  # noqa: B018 -- raises ValueError for a bad port
@@ -390,6 +395,8 @@ def parse_size(text: str) -> int:
         raise ValueError(f"expected a size like 25MB, 500k or 1GiB, got {_describe(text)}")
     number, unit, binary = match.groups()
     base = 1024 if binary else 1000
+    from decimal import Decimal  # (lazily: only a size setting needs it)
+
     size = int(Decimal(number) * base ** _SIZE_POWER[unit.lower()] if unit else Decimal(number))
     if size < 1:
         raise ValueError(f"must be at least 1 byte, got {_describe(text)}")

@@ -20,8 +20,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from readonly import READ_ONLY, deliver_read_only
 
-from fetchpop.deliver import open_target, parse_deliver, split_mboxrd
-from fetchpop.deliver.mbox import MboxTarget, _Quoter, _sender
+from fetchpop.deliver import open_target, parse_deliver
+from fetchpop.deliver.mbox import MboxTarget, _Quoter, _sender, split_mboxrd
 from fetchpop.errors import DeliveryError, LocalProtocolError, LockedError
 
 TRICKY = (

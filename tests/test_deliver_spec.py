@@ -6,14 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from fetchpop.deliver import (
-    DeliverySpec,
-    MaildirTarget,
-    MboxTarget,
-    MdaTarget,
-    open_target,
-    parse_deliver,
-)
+from fetchpop.deliver import DeliverySpec, open_target, parse_deliver
+from fetchpop.deliver.maildir import MaildirTarget
+from fetchpop.deliver.mbox import MboxTarget
+from fetchpop.deliver.mda import MdaTarget
 
 
 @pytest.fixture(autouse=True)

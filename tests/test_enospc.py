@@ -23,7 +23,7 @@ from dovecot import Dovecot, DovecotUser
 from runner import Home, maildir_messages
 from test_sync_dovecot import config
 
-from fetchpop.deliver import split_mboxrd
+from fetchpop.deliver.mbox import split_mboxrd
 
 pytestmark = pytest.mark.dovecot
 

@@ -14,7 +14,8 @@ from dovecot import DovecotUser
 from runner import Home, maildir_messages
 from test_sync_dovecot import config
 
-from fetchpop.deliver import DeliverySpec, open_target, split_mboxrd
+from fetchpop.deliver import DeliverySpec, open_target
+from fetchpop.deliver.mbox import split_mboxrd
 from fetchpop.seenstore import SeenStore
 
 pytestmark = pytest.mark.dovecot

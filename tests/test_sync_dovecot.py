@@ -20,7 +20,7 @@ from corpus import hard_messages
 from dovecot import DovecotUser
 from runner import Home, account_toml, maildir_messages
 
-from fetchpop.deliver import split_mboxrd
+from fetchpop.deliver.mbox import split_mboxrd
 
 pytestmark = pytest.mark.dovecot
 

@@ -17,21 +17,10 @@ from pathlib import Path
 from typing import Literal
 
 from fetchpop.deliver.base import Delivery, Target
-from fetchpop.deliver.maildir import MaildirTarget
-from fetchpop.deliver.mbox import MboxTarget, split_mboxrd
-from fetchpop.deliver.mda import MdaTarget
 
-__all__ = [
-    "Delivery",
-    "DeliverySpec",
-    "MaildirTarget",
-    "MboxTarget",
-    "MdaTarget",
-    "Target",
-    "open_target",
-    "parse_deliver",
-    "split_mboxrd",
-]
+# The targets are imported by open_target(), each only when it is used: a
+# sync into a Maildir has no use for the mbox and MDA code (start-up time).
+__all__ = ["Delivery", "DeliverySpec", "Target", "open_target", "parse_deliver"]
 
 Kind = Literal["maildir", "mbox", "mda"]
 
@@ -128,9 +117,15 @@ def open_target(
     if spec.kind == "mda":
         if not spec.command:
             raise ValueError("an mda delivery needs a command")
+        from fetchpop.deliver.mda import MdaTarget
+
         return MdaTarget(spec.command, timeout=mda_timeout)
     if spec.path is None:
         raise ValueError(f"a {spec.kind} delivery needs a path")
     if spec.kind == "maildir":
+        from fetchpop.deliver.maildir import MaildirTarget
+
         return MaildirTarget(spec.path)
+    from fetchpop.deliver.mbox import MboxTarget
+
     return MboxTarget(spec.path, lock_timeout=mbox_lock_timeout)
