@@ -232,13 +232,16 @@ def _mechanism(method: str, account: Account, secret: str) -> auth.SASLMechanism
 def server_messages(client: Client) -> tuple[list[ServerMessage], int]:
     """UIDL and LIST merged; repeated UIDLs get distinct keys. Returns (messages, repeats)."""
     listing, sizes = client.maildrop()
+    missing = next((n for n, _ in listing if n not in sizes), None)
+    if missing is not None:
+        # LIST's size is what bounds the RETR (SPEC promise 4: bounded).
+        raise ProtocolError(f"LIST does not list message {missing}, which UIDL lists")
+    if len({uidl for _, uidl in listing}) == len(listing):  # the usual case: no repeats
+        return [ServerMessage(number, uidl, sizes[number]) for number, uidl in listing], 0
     counts: dict[str, int] = {}
     out = []
     repeats = 0
     for number, uidl in listing:
-        if number not in sizes:
-            # LIST's size is what bounds the RETR (SPEC promise 4: bounded).
-            raise ProtocolError(f"LIST does not list message {number}, which UIDL lists")
         n = counts.get(uidl, 0) + 1
         counts[uidl] = n
         key = uidl
@@ -248,10 +251,9 @@ def server_messages(client: Client) -> tuple[list[ServerMessage], int]:
             # a server that puts spaces in its UIDLs (RFC 1939 forbids them).
             key = f"{uidl}\n#{n}"
             repeats += 1
-        out.append(ServerMessage(number, key, sizes.get(number)))
-    if repeats:
-        pairs = zip(out, listing, strict=True)
-        out = [dataclasses.replace(m, shared=u) if counts[u] > 1 else m for m, (_, u) in pairs]
+        out.append(ServerMessage(number, key, sizes[number]))
+    pairs = zip(out, listing, strict=True)
+    out = [dataclasses.replace(m, shared=u) if counts[u] > 1 else m for m, (_, u) in pairs]
     return out, repeats
 
 
