@@ -72,6 +72,9 @@ class Client:
         self._t = transport
         self._p = POP3Protocol()
         self._sink = log or _nolog
+        # Without a sink, log lines are not even built (a RETR loop of
+        # thousands of messages would format them all for nothing).
+        self._logging = log is not None
         # Secrets this session sent: a server that echoes one ("-ERR bad
         # password ...") must not get it into a transcript or an error line.
         self._secrets: list[str] = []
@@ -79,7 +82,8 @@ class Client:
         event = self._event()
         assert isinstance(event, Greeting)
         self.greeting = event
-        self._log("S: " + ("+OK " if event.ok else "-ERR ") + sanitize(event.text))
+        if self._logging:
+            self._log("S: " + ("+OK " if event.ok else "-ERR ") + sanitize(event.text))
         if not event.ok:
             raise ServerError(
                 "server refused the connection: -ERR " + sanitize(event.text), event.code
@@ -113,15 +117,18 @@ class Client:
             self._p.receive_data(self._t.recv())
 
     def _send(self, data: bytes, shown: str | None = None) -> None:
-        for line in (shown if shown is not None else data.decode("utf-8", "replace")).splitlines():
-            self._log("C: " + line)
+        if self._logging:
+            text = shown if shown is not None else data.decode("utf-8", "replace")
+            for line in text.splitlines():
+                self._log("C: " + line)
         self._t.send(data)
 
     def _reply(self) -> Reply:
         event = self._event()
         if not isinstance(event, Reply):
             raise ProtocolError(f"unexpected {type(event).__name__} from server")
-        self._log("S: " + describe(event))
+        if self._logging:
+            self._log("S: " + describe(event))
         return event
 
     def command(self, name: str, *args: str, shown: str | None = None) -> Reply:
@@ -139,10 +146,12 @@ class Client:
     def _read_listing(self) -> Listing | Reply:
         event = self._event()
         if isinstance(event, Listing):
-            self._log(f"S: +OK {sanitize(event.text)} [{len(event.lines)} lines]")
+            if self._logging:
+                self._log(f"S: +OK {sanitize(event.text)} [{len(event.lines)} lines]")
             return event
         if isinstance(event, Reply):
-            self._log("S: " + describe(event))
+            if self._logging:
+                self._log("S: " + describe(event))
             return event
         raise ProtocolError(f"unexpected {type(event).__name__} from server")
 
@@ -245,7 +254,8 @@ class Client:
                 continue
             if not isinstance(event, Reply):
                 raise ProtocolError(f"unexpected {type(event).__name__} during AUTH")
-            self._log("S: " + describe(event))
+            if self._logging:
+                self._log("S: " + describe(event))
             if not event.ok:
                 detail = mech.error_detail()
                 words = describe(event) + (f" ({detail})" if detail else "")
@@ -276,24 +286,8 @@ class Client:
                 "server does not support UIDL, so fetchpop cannot tell new mail from old: "
                 + describe(result)
             )
-        out = []
-        numbers: set[int] = set()
-        for line in result.lines:
-            parts = line.split(None, 1)
-            if len(parts) != 2 or not parts[0].isdigit():
-                raise ProtocolError("malformed UIDL line: " + sanitize(line, 80))
-            # RFC 1939: unique-ids are 1-70 characters in 0x21..0x7E; latin-1
-            # keeps whatever a quirky server sends, byte for byte.
-            uid = parts[1].strip()
-            if not uid:
-                raise ProtocolError("empty unique id in UIDL listing")
-            number = _message_number(parts[0], line, "UIDL")
-            if number in numbers:
-                # Two ids for one message: which one would we record?
-                raise ProtocolError(f"UIDL lists message {number} twice")
-            numbers.add(number)
-            out.append((number, uid.decode("latin-1")))
-        return out
+        fast = _uidl_fast(result.lines)
+        return fast if fast is not None else _uidl_by_line(result.lines)
 
     def sizes(self) -> dict[int, int]:
         """LIST listing: message number -> size in octets."""
@@ -303,13 +297,8 @@ class Client:
     def _parse_sizes(result: Listing | Reply) -> dict[int, int]:
         if isinstance(result, Reply):
             raise ServerError("LIST failed: " + describe(result), result.code)
-        sizes = {}
-        for line in result.lines:
-            parts = line.split()
-            if len(parts) < 2 or not parts[0].isdigit() or not parts[1].isdigit():
-                raise ProtocolError("malformed LIST line: " + sanitize(line, 80))
-            sizes[_message_number(parts[0], line, "LIST")] = int(parts[1])
-        return sizes
+        fast = _sizes_fast(result.lines)
+        return fast if fast is not None else _sizes_by_line(result.lines)
 
     def maildrop(self) -> tuple[list[tuple[int, str]], dict[int, int]]:
         """After login: CAPA again (RFC 2449 section 5), UIDL and LIST.
@@ -355,12 +344,14 @@ class Client:
             fill()
             event = self._event()
             if isinstance(event, Reply):
-                self._log("S: " + describe(event))
+                if self._logging:
+                    self._log("S: " + describe(event))
                 yield num, event
                 continue
             if not isinstance(event, MessageStart):
                 raise ProtocolError(f"unexpected {type(event).__name__} in reply to RETR")
-            self._log(f"S: +OK {sanitize(event.text)}")
+            if self._logging:
+                self._log(f"S: +OK {sanitize(event.text)}")
             chunks = self._chunks()
             yield num, chunks
             for _ in chunks:  # the caller stopped early: skip the rest
@@ -372,7 +363,8 @@ class Client:
             if isinstance(event, MessageData):
                 yield event.data
             elif isinstance(event, MessageEnd):
-                self._log(f"S: [{event.octets} octets]")
+                if self._logging:
+                    self._log(f"S: [{event.octets} octets]")
                 return
             else:
                 raise ProtocolError(f"unexpected {type(event).__name__} inside a message")
@@ -443,3 +435,95 @@ def _message_number(digits: bytes, line: bytes, what: str) -> int:
     if not 1 <= number <= MAX_MESSAGE_NUMBER:
         raise ProtocolError(f"malformed {what} line (bad message number): " + sanitize(line, 80))
     return number
+
+
+# -- UIDL and LIST lines -------------------------------------------------------------
+#
+# A listing of 10,000 messages is parsed in a few whole-list passes (split, map,
+# min/max, set) when every line has the usual shape "number word". Anything
+# else goes line by line, which tells what is wrong with the first bad line;
+# the fast path accepts nothing that the line-by-line one refuses, and gives
+# the same result.
+
+#: Bytes that str.split() does not take for whitespace in latin-1 text (a
+#: superset of bytes.split()'s whitespace): deleted, they leave the separators.
+_NOT_SPACE = bytes(c for c in range(256) if not chr(c).isspace())
+
+
+def _words(lines: list[bytes]) -> list[str] | None:
+    """The two words of every line, in one list, if each line is exactly
+    "word SP word" (no other whitespace anywhere); else None."""
+    count = len(lines)
+    text = b"\n".join(lines)
+    # What whitespace is left must be one space per line and the LFs between lines.
+    if not count or text.translate(None, _NOT_SPACE) != b" \n" * (count - 1) + b" ":
+        return None
+    words = text.decode("latin-1").split()
+    return words if len(words) == 2 * count else None  # fewer: a word was empty
+
+
+def _digits(words: list[str]) -> bool:
+    """Whether *words* are all ASCII digits (str.isdigit() alone takes "\xb2" too)."""
+    joined = "".join(words)
+    return joined.isascii() and joined.isdigit()
+
+
+def _message_numbers(words: list[str]) -> list[int] | None:
+    """*words* as message numbers, or None if one of them is not a good one."""
+    if not _digits(words) or max(map(len, words)) > 10:
+        return None
+    numbers = list(map(int, words))
+    return numbers if min(numbers) >= 1 and max(numbers) <= MAX_MESSAGE_NUMBER else None
+
+
+def _uidl_fast(lines: list[bytes]) -> list[tuple[int, str]] | None:
+    """What _uidl_by_line gives, when every line is "number uid"; else None."""
+    words = _words(lines)
+    if words is None:
+        return None
+    numbers = _message_numbers(words[0::2])
+    if numbers is None or len(set(numbers)) != len(numbers):
+        return None
+    return list(zip(numbers, words[1::2], strict=True))
+
+
+def _uidl_by_line(lines: list[bytes]) -> list[tuple[int, str]]:
+    out = []
+    numbers: set[int] = set()
+    for line in lines:
+        parts = line.split(None, 1)
+        if len(parts) != 2 or not parts[0].isdigit():
+            raise ProtocolError("malformed UIDL line: " + sanitize(line, 80))
+        # RFC 1939: unique-ids are 1-70 characters in 0x21..0x7E; latin-1
+        # keeps whatever a quirky server sends, byte for byte.
+        uid = parts[1].strip()
+        if not uid:
+            raise ProtocolError("empty unique id in UIDL listing")
+        number = _message_number(parts[0], line, "UIDL")
+        if number in numbers:
+            # Two ids for one message: which one would we record?
+            raise ProtocolError(f"UIDL lists message {number} twice")
+        numbers.add(number)
+        out.append((number, uid.decode("latin-1")))
+    return out
+
+
+def _sizes_fast(lines: list[bytes]) -> dict[int, int] | None:
+    """What _sizes_by_line gives, when every line is "number size"; else None."""
+    words = _words(lines)
+    if words is None:
+        return None
+    numbers, sizes = _message_numbers(words[0::2]), words[1::2]
+    if numbers is None or not _digits(sizes):
+        return None
+    return dict(zip(numbers, map(int, sizes), strict=True))
+
+
+def _sizes_by_line(lines: list[bytes]) -> dict[int, int]:
+    sizes = {}
+    for line in lines:
+        parts = line.split()
+        if len(parts) < 2 or not parts[0].isdigit() or not parts[1].isdigit():
+            raise ProtocolError("malformed LIST line: " + sanitize(line, 80))
+        sizes[_message_number(parts[0], line, "LIST")] = int(parts[1])
+    return sizes

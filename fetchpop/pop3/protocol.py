@@ -289,34 +289,66 @@ class POP3Protocol:
         return self._message(exp)
 
     def _listing(self, exp: _Expect) -> Event | _NeedData:
-        # Every complete line in the buffer at once: one split, one deletion
-        # from the buffer (a UIDL listing of 10,000 messages is one pass).
+        # Every complete line in the buffer as one block, worked on with bytes
+        # methods (loops in C), not a Python step per line: a UIDL listing of
+        # 10,000 messages is a few passes over a few buffers.
         buf = self._buf
         end = buf.rfind(b"\n") + 1
         if len(buf) - end > MAX_LISTING_LINE:
             raise ProtocolError(f"reply to {exp.command} is longer than {MAX_LISTING_LINE} bytes")
-        consumed = 0
-        for raw in bytes(buf[:end]).split(b"\n")[:-1]:
-            consumed += len(raw) + 1
+        # The buffer always starts at the start of a line.
+        if buf[:3] == b".\r\n" or buf[:2] == b".\n":
+            stop, dotted = 0, False
+        else:
+            stop, dotted = _find_dot_lines(buf)
+            dotted = dotted or buf.startswith(b".")
+        block_end = end if stop < 0 else stop
+        if block_end:
+            self._add_lines(bytes(buf[:block_end]), exp.command, dotted)
+        if stop < 0:
+            del buf[:end]
+            return NEED_DATA
+        del buf[: stop + (2 if buf[stop + 1 : stop + 2] == b"\n" else 3)]
+        self._in_body = False
+        self._expect.popleft()
+        lines, self._lines = self._lines, []
+        return Listing(exp.command, self._listing_text, lines)
+
+    def _add_lines(self, block: bytes, what: str, dotted: bool) -> None:
+        """Collect the lines of *block*: whole lines, none of them the terminator.
+
+        *dotted* False promises that no line of *block* starts with ".".
+        """
+        # One CR before each LF goes ("a\r\r\n" is the line "a\r"); the last
+        # split item is the empty rest after the final LF.
+        lines = block.split(b"\r\n")
+        bare_lfs = block.count(b"\n") + 1 - len(lines)
+        if bare_lfs:
+            lines = block.replace(b"\r\n", b"\n").split(b"\n")
+        lines.pop()
+        if max(map(len, lines)) <= MAX_LISTING_LINE:
+            # Lines start at the start of the block and after each LF.
+            dots = block.startswith(b".") + block.count(b"\n.") if dotted else 0
+            if dots:
+                lines = [line[1:] if line.startswith(b".") else line for line in lines]
+            # Each line counts as if it ended in CRLF: the wire bytes, one more
+            # per bare LF, less the stuffed dots.
+            size = self._listing_size + len(block) + bare_lfs - dots
+            if size <= MAX_LISTING_SIZE:
+                self._listing_size = size
+                self._lines += lines
+                return
+        # Some limit is crossed: line by line, for the error the first bad line gives.
+        for raw in block.split(b"\n")[:-1]:
             line = raw[:-1] if raw.endswith(b"\r") else raw
             if len(line) > MAX_LISTING_LINE:
-                raise ProtocolError(
-                    f"reply to {exp.command} is longer than {MAX_LISTING_LINE} bytes"
-                )
-            if line == b".":
-                del buf[:consumed]
-                self._in_body = False
-                self._expect.popleft()
-                lines, self._lines = self._lines, []
-                return Listing(exp.command, self._listing_text, lines)
+                raise ProtocolError(f"reply to {what} is longer than {MAX_LISTING_LINE} bytes")
             if line.startswith(b"."):
                 line = line[1:]
             self._listing_size += len(line) + 2
             if self._listing_size > MAX_LISTING_SIZE:
-                raise ProtocolError(f"reply to {exp.command} exceeds {MAX_LISTING_SIZE} bytes")
+                raise ProtocolError(f"reply to {what} exceeds {MAX_LISTING_SIZE} bytes")
             self._lines.append(line)
-        del buf[:consumed]
-        return NEED_DATA
 
     def _message(self, exp: _Expect) -> Event | _NeedData:
         buf = self._buf
@@ -334,7 +366,7 @@ class POP3Protocol:
             if len(buf) < 3 and (buf == b"." or buf == b".\r"):
                 return NEED_DATA
         # The earliest terminator inside the buffer bounds this chunk.
-        stop = _find_terminator(buf)
+        stop, stuffed = _find_dot_lines(buf)
         if stop < 0:
             stop = buf.rfind(b"\n") + 1
         if stop == 0:
@@ -350,25 +382,36 @@ class POP3Protocol:
             raise ProtocolError(
                 f"reply to {exp.command} is larger than the {exp.max_octets} octets announced"
             )
-        data = _unstuff(chunk, self._bol)
+        data = _unstuff(chunk, self._bol, stuffed)
         self._bol = chunk.endswith(b"\n")
         return MessageData(data)
 
 
-def _find_terminator(buf: bytearray) -> int:
-    """Index just past the last line before a terminating ".", or -1."""
-    crlf = buf.find(b"\n.\r\n")
-    # A bare-LF terminator only matters if it comes first.
-    lf = buf.find(b"\n.\n", 0, crlf + 4 if crlf >= 0 else len(buf))
-    found = [i for i in (crlf, lf) if i >= 0]
-    return min(found) + 1 if found else -1
+def _find_dot_lines(buf: bytearray) -> tuple[int, bool]:
+    """Lines that start with "." after an LF in *buf*: where the first one that
+    is only "." (a terminator) starts, or -1; and whether any other comes
+    before it (a byte-stuffed line, or maybe the start of a terminator)."""
+    # Such lines are rare, so one search finds them all: the terminator is
+    # usually the first, and with none before it there is nothing to unstuff.
+    stuffed = False
+    at = buf.find(b"\n.")
+    while at >= 0:
+        after = buf[at + 2 : at + 4]
+        if after[:1] == b"\n" or after == b"\r\n":
+            return at + 1, stuffed
+        stuffed = True
+        at = buf.find(b"\n.", at + 2)
+    return -1, stuffed
 
 
-def _unstuff(chunk: bytes, bol: bool) -> bytes:
+def _unstuff(chunk: bytes, bol: bool, stuffed: bool) -> bytes:
+    """*chunk* with LF line ends and without the stuffed dots; *stuffed* False
+    promises that no line starts with "." after an LF."""
     # RFC 1939 section 3: a line starting with "." had one prepended.
     if bol and chunk.startswith(b"."):
         chunk = chunk[1:]
-    chunk = chunk.replace(b"\n.", b"\n")
+    if stuffed:
+        chunk = chunk.replace(b"\n.", b"\n")
     return chunk.replace(b"\r\n", b"\n")
 
 

@@ -1,0 +1,131 @@
+"""UIDL and LIST parsing: the whole-list fast path against the line-by-line one.
+
+Client._parse_uidl and _parse_sizes take the fast path when every line looks
+usual and fall back to the line-by-line parsers otherwise. For any lines,
+the answer must be what the line-by-line parser gives: the same result, or
+the same error with the same message.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+
+from fetchpop.errors import ProtocolError
+from fetchpop.pop3 import client
+from fetchpop.pop3.client import MAX_MESSAGE_NUMBER, Client
+from fetchpop.pop3.protocol import Listing
+
+
+def outcome(parse: Callable[[list[bytes]], Any], lines: list[bytes]) -> object:
+    try:
+        return parse(lines)
+    except Exception as exc:
+        return type(exc), str(exc)
+
+
+def check_uidl(lines: list[bytes]) -> None:
+    expected = outcome(client._uidl_by_line, lines)
+    fast = client._uidl_fast(lines)
+    assert fast is None or fast == expected
+    assert outcome(lambda x: Client._parse_uidl(Listing("UIDL", b"", x)), lines) == expected
+
+
+def check_sizes(lines: list[bytes]) -> None:
+    expected = outcome(client._sizes_by_line, lines)
+    fast = client._sizes_fast(lines)
+    assert fast is None or fast == expected
+    assert outcome(lambda x: Client._parse_sizes(Listing("LIST", b"", x)), lines) == expected
+
+
+NUMBERS = [b"1", b"2", b"7", b"0", b"00", b"01", b"0000000007", b"00000000007", b"2147483647"]
+NUMBERS += [b"2147483648", b"9999999999", b"4294967296", b"99999999999999999999", b"+1", b"-1"]
+NUMBERS += [b"1_0", b"\xb2", b"\xd9\xa1", b""]
+SPACES = [b" ", b" ", b" ", b"  ", b"\t", b"\x0b", b"\x0c", b"\r", b"\xa0", b"\x85", b"\x1c", b""]
+WORDS = [b"uid-a", b"uid-b", b"20", b"0", b"a b", b"\xe9t\xe9", b"\x00", b".", b"", b"\n", b"1 2"]
+text = st.binary(max_size=10)
+line = st.one_of(
+    st.tuples(
+        st.sampled_from(SPACES[-2:]),  # leading: mostly none
+        st.one_of(st.sampled_from(NUMBERS), text),
+        st.sampled_from(SPACES),
+        st.one_of(st.sampled_from(WORDS), text),
+        st.sampled_from([b"", b"", b"", b" ", b"\t", b" x", b" 5", b"\r", b"\xa0"]),
+    ).map(b"".join),
+    text,
+)
+# Mostly well-formed listings (the fast path), with a few odd lines mixed in.
+usual = st.lists(st.integers(1, 40), max_size=30).map(
+    lambda ns: [b"%d uid-%d" % (n, n) for n in ns]
+)
+listings = st.one_of(
+    st.lists(line, max_size=8),
+    st.tuples(usual, st.lists(st.tuples(st.integers(0, 30), line), max_size=2)).map(
+        lambda p: _insert(p[0], p[1])
+    ),
+)
+
+
+def _insert(lines: list[bytes], extra: list[tuple[int, bytes]]) -> list[bytes]:
+    out = list(lines)
+    for at, odd in extra:
+        out.insert(min(at, len(out)), odd)
+    return out
+
+
+@given(listings)
+@example([])
+@example([b"1 a", b"01 b"])  # a number twice, written two ways
+@example([b"00000000001 a"])  # 11 digits: refused even though it is 1
+@example([b"1 a b"])  # a UID with a space in it: kept
+@example([b"1\ta"])
+@example([b"1 \xa0a"])  # not whitespace to bytes.split()
+@example([b"1 a\n2 b"])
+@example([b"1 a", b"2"])
+@example([b"1 ", b" a"])  # one space per line, but in the wrong places
+@example([b"\xb2 a"])  # a digit to str.isdigit(), not to bytes.isdigit()
+@example([b"%d a" % MAX_MESSAGE_NUMBER, b"%d b" % (MAX_MESSAGE_NUMBER + 1)])
+@settings(max_examples=1000, deadline=None)
+def test_uidl_fast_path_agrees_with_line_by_line(lines: list[bytes]) -> None:
+    check_uidl(lines)
+
+
+@given(listings.map(lambda lines: [ln.replace(b"uid-", b"") for ln in lines]))
+@example([b"1 20", b"1 30"])  # the last size wins, both ways
+@example([b"1 20 extra"])
+@example([b"1 ", b" 20"])
+@example([b"1 2" + b"0" * 30])
+@example([b"1 -20"])
+@example([b"1 \xb2"])
+@example([b"0 20"])
+@settings(max_examples=1000, deadline=None)
+def test_sizes_fast_path_agrees_with_line_by_line(lines: list[bytes]) -> None:
+    check_sizes(lines)
+
+
+def test_usual_listings_take_the_fast_path() -> None:
+    uidl = [b"%d %08x-%d" % (n, n * 7919, n) for n in range(1, 10_001)]
+    sizes = [b"%d %d" % (n, 3000 + n) for n in range(1, 10_001)]
+    expected_uidl = [(n, uid.split(b" ")[1].decode()) for n, uid in enumerate(uidl, 1)]
+    assert client._uidl_fast(uidl) == expected_uidl == client._uidl_by_line(uidl)
+    assert client._sizes_fast(sizes) == {n: 3000 + n for n in range(1, 10_001)}
+    # Latin-1 UIDs stay byte for byte, and take the fast path too.
+    assert client._uidl_fast([b"3 \xe9\x7f\xff"]) == [(3, "\xe9\x7f\xff")]
+
+
+@pytest.mark.parametrize(
+    ("lines", "error"),
+    [
+        ([b"1 a", b"x b"], "malformed UIDL line: x b"),
+        ([b"1 a", b"1 b"], "UIDL lists message 1 twice"),
+        ([b"1 a", b"0 b"], r"malformed UIDL line \(bad message number\): 0 b"),
+        ([b"1 a", b"2"], "malformed UIDL line: 2"),
+    ],
+)
+def test_uidl_errors_name_the_first_bad_line(lines: list[bytes], error: str) -> None:
+    with pytest.raises(ProtocolError, match=error):
+        Client._parse_uidl(Listing("UIDL", b"", lines))
