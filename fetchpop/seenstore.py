@@ -85,6 +85,15 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE seen ADD COLUMN delivered INTEGER NOT NULL DEFAULT 1;
     """,
+    # 4: what the server said to CAPA before the login, last time, so the next
+    # session can send CAPA and the login together (one round trip less).
+    """
+    CREATE TABLE capability (
+        mailbox INTEGER PRIMARY KEY REFERENCES mailbox(id),
+        lines TEXT NOT NULL,
+        updated REAL NOT NULL
+    );
+    """,
 )
 
 
@@ -234,6 +243,30 @@ class SeenStore:
                 "INSERT INTO mailbox (host, port, user) VALUES (?, ?, ?)", (host, port, user)
             )
             return int(cur.lastrowid or 0)
+
+    def capabilities(self, mailbox: int) -> dict[str, list[str]] | None:
+        """What *mailbox*'s server answered CAPA before the login last time, if known."""
+        if self._check_version() < 4:  # a read-only look at an older store
+            return None
+        rows = self._read("SELECT lines FROM capability WHERE mailbox = ?", (mailbox,))
+        if not rows:
+            return None
+        words = (line.split() for line in str(rows[0][0]).split("\n"))
+        return {w[0]: w[1:] for w in words if w}
+
+    def remember_capabilities(self, mailbox: int, caps: dict[str, list[str]] | None) -> None:
+        """Keep *caps* for :meth:`capabilities` (None forgets them); writes only on change."""
+        if caps == self.capabilities(mailbox):
+            return
+        with self._transaction() as db:
+            if caps is None:
+                db.execute("DELETE FROM capability WHERE mailbox = ?", (mailbox,))
+            else:
+                lines = "\n".join(" ".join([name, *args]) for name, args in caps.items())
+                db.execute(
+                    "INSERT OR REPLACE INTO capability VALUES (?, ?, ?)",
+                    (mailbox, lines, time.time()),
+                )
 
     # -- seen UIDLs ------------------------------------------------------------
 

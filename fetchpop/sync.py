@@ -40,7 +40,7 @@ from fetchpop.errors import (
     sanitize,
 )
 from fetchpop.pop3 import auth
-from fetchpop.pop3.client import PIPELINE_WINDOW, Client, Log, describe
+from fetchpop.pop3.client import PIPELINE_WINDOW, Capabilities, Client, Log, describe
 from fetchpop.pop3.protocol import Reply
 from fetchpop.pop3.transport import Transport, UnknownIssuerError, make_ssl_context
 from fetchpop.seenstore import Intent, SeenStore
@@ -101,23 +101,32 @@ def open_connection(
     log: Log | None = None,
     seen_caps: dict[str, object] | None = None,
     whole_store: bool = False,
+    known: Capabilities | None = None,
 ) -> Client:
     """Connect and secure the channel (implicit TLS or STLS), up to the login.
 
     *seen_caps*, when given, receives the capabilities at each stage. A
     certificate whose issuer the system's CA directory lacks is tried once
     more against the whole CA store (see :func:`make_ssl_context`).
+
+    *known* are the capabilities the server gave before the login last time
+    (over TLS): then no CAPA is waited for. STLS goes out at once, and CAPA
+    goes out with the login (see :meth:`Client.assume_capabilities`).
     """
     try:
-        return _open_connection(account, log, seen_caps, whole_store)
+        return _open_connection(account, log, seen_caps, whole_store, known)
     except UnknownIssuerError:
         if whole_store:
             raise
-        return _open_connection(account, log, seen_caps, True)
+        return _open_connection(account, log, seen_caps, True, known)
 
 
 def _open_connection(
-    account: Account, log: Log | None, seen_caps: dict[str, object] | None, whole_store: bool
+    account: Account,
+    log: Log | None,
+    seen_caps: dict[str, object] | None,
+    whole_store: bool,
+    known: Capabilities | None,
 ) -> Client:
     caps = seen_caps if seen_caps is not None else {}
     context = None
@@ -125,6 +134,8 @@ def _open_connection(
         context = make_ssl_context(
             account.ca_file, account.tls_fingerprint, whole_store=whole_store
         )
+    else:
+        known = None  # only what an authenticated server said may save a round trip
     transport = Transport.connect(
         account.host,
         account.port,
@@ -136,23 +147,37 @@ def _open_connection(
         client = Client(transport, log=log)
         if account.tls == "starttls":
             assert context is not None
-            caps["before_tls"] = client.capa()
+            if known is None:
+                caps["before_tls"] = client.capa()
             client.stls(context, account.tls_fingerprint)
-        caps["before_login"] = client.capa()
+        if known is None:
+            caps["before_login"] = client.capa()
+        else:
+            client.assume_capabilities(known)
     except BaseException:
         transport.close()
         raise
     return client
 
 
-def connect(account: Account, password: PasswordSource, *, log: Log | None = None) -> Client:
+def connect(
+    account: Account,
+    password: PasswordSource,
+    *,
+    log: Log | None = None,
+    known: Capabilities | None = None,
+) -> Client:
     """Open, secure and log in to *account*'s server. The caller QUITs or closes.
 
     CAPA is asked again after login by :meth:`Client.maildrop`, pipelined with
-    UIDL and LIST where the server allows it.
+    UIDL and LIST where the server allows it, and behind a one-step login
+    (USER/PASS, APOP, PLAIN). With *known* capabilities (see
+    :func:`open_connection`) the first CAPA goes out with them too: the whole
+    start-up takes one round trip after the greeting.
     """
-    client = open_connection(account, log=log)
+    client = open_connection(account, log=log, known=known)
     try:
+        client.list_after_login()
         login(client, account, password)
     except BaseException:
         client.close()
@@ -401,9 +426,13 @@ class Session:
         mailbox = self.store.mailbox_id(*account.mailbox)
         assert mailbox is not None
         self._mailbox = mailbox
+        secure = account.tls != "off"
+        known = self.store.capabilities(mailbox) if secure else None
         with _target(account.deliver, account) as target:
-            client = connect(account, self.password, log=self.log)
+            client = connect(account, self.password, log=self.log, known=known)
             try:
+                if secure:  # what the server said before the login, for next time
+                    self.store.remember_capabilities(mailbox, client.capabilities)
                 self._transact(client, target)
             except BaseException:
                 client.close()

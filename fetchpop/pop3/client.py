@@ -45,6 +45,12 @@ MAX_AUTH_LINE = 255
 MAX_MESSAGE_NUMBER = 2**31 - 1
 
 Log = Callable[[str], None]
+#: CAPA as a mapping: capability name (upper case) -> its arguments.
+Capabilities = dict[str, list[str]]
+#: SASL mechanisms whose exchange ends with the server's reply to the initial
+#: response, success or not (RFC 4616): commands may be pipelined behind them.
+#: (XOAUTH2 and OAUTHBEARER report a failure as a challenge that wants an answer.)
+ONE_STEP_MECHANISMS = frozenset({"PLAIN"})
 
 
 def _nolog(_: str) -> None:
@@ -78,7 +84,15 @@ class Client:
         # Secrets this session sent: a server that echoes one ("-ERR bad
         # password ...") must not get it into a transcript or an error line.
         self._secrets: list[str] = []
-        self.capabilities: dict[str, list[str]] | None = None
+        self.capabilities: Capabilities | None = None
+        # Commands written at the next read, not before (one write, one round
+        # trip), while not None; see assume_capabilities().
+        self._held: list[bytes] | None = None
+        # Replies that arrive before the one a caller asks for (a CAPA sent
+        # ahead): each is handed to its handler, in order.
+        self._ahead: list[Callable[[Event], None]] = []
+        self._list_after_login = False
+        self._maildrop_sent = False
         event = self._event()
         assert isinstance(event, Greeting)
         self.greeting = event
@@ -110,18 +124,28 @@ class Client:
                 self._secrets.append(form)
 
     def _event(self) -> Event:
+        if self._held is not None:
+            held, self._held = self._held, None
+            if held:
+                self._t.send(b"".join(held))
         while True:
             event = self._p.next_event()
-            if event is not NEED_DATA:
+            if event is NEED_DATA:
+                self._p.receive_data(self._t.recv())
+            elif self._ahead:
+                self._ahead.pop(0)(event)
+            else:
                 return event
-            self._p.receive_data(self._t.recv())
 
     def _send(self, data: bytes, shown: str | None = None) -> None:
         if self._logging:
             text = shown if shown is not None else data.decode("utf-8", "replace")
             for line in text.splitlines():
                 self._log("C: " + line)
-        self._t.send(data)
+        if self._held is not None:
+            self._held.append(data)
+        else:
+            self._t.send(data)
 
     def _reply(self) -> Reply:
         event = self._event()
@@ -144,7 +168,9 @@ class Client:
         return self._read_listing()
 
     def _read_listing(self) -> Listing | Reply:
-        event = self._event()
+        return self._listing_event(self._event())
+
+    def _listing_event(self, event: Event) -> Listing | Reply:
         if isinstance(event, Listing):
             if self._logging:
                 self._log(f"S: +OK {sanitize(event.text)} [{len(event.lines)} lines]")
@@ -177,6 +203,37 @@ class Client:
         """Whether the last CAPA listed *capability*."""
         return self.capabilities is not None and capability.upper() in self.capabilities
 
+    def assume_capabilities(self, known: Capabilities) -> None:
+        """Go on as if CAPA had answered *known* (what it said last session).
+
+        CAPA is sent all the same, but held back and written together with
+        the next command (the login); its reply, read before that command's,
+        replaces *known*. Pipelining this way is what RFC 2449 section 6.6
+        allows when the server advertises PIPELINING; if it has stopped doing
+        so, it has still been sent its commands in order.
+        """
+        self.capabilities = dict(known)
+        self._held = []
+        self._send(self._p.send("CAPA"))
+        self._ahead.append(self._capa_arrived)
+
+    def _capa_arrived(self, event: Event) -> None:
+        self._parse_capa(self._listing_event(event))
+
+    def list_after_login(self) -> None:
+        """Pipeline :meth:`maildrop`'s commands behind a one-step login (USER/PASS,
+        APOP, SASL PLAIN), where the server allows pipelining.
+
+        A refused login gets them refused too, which changes nothing.
+        """
+        self._list_after_login = True
+
+    def _login_sent(self) -> None:
+        # Called once the last line of a one-step login is written (or held).
+        if self._list_after_login and self.has("PIPELINING") and not self._maildrop_sent:
+            self._send(self._p.send("CAPA") + self._p.send("UIDL") + self._p.send("LIST"))
+            self._maildrop_sent = True
+
     def stls(self, context: ssl.SSLContext, pinned: str | None = None) -> None:
         """Upgrade with STLS (RFC 2595 section 4). Never falls back to clear text."""
         if self.capabilities is not None and not self.has("STLS"):
@@ -204,6 +261,7 @@ class Client:
                 self._p.send("USER", user) + self._p.send("PASS", password),
                 f"USER {user}\nPASS ***",
             )
+            self._login_sent()
             for reply in (self._reply(), self._reply()):  # both, in order
                 if not reply.ok:
                     words = describe(reply)
@@ -226,10 +284,11 @@ class Client:
         digest = auth.apop_digest(self.require_apop(), password)
         self._remember_secret(password)
         self._remember_secret(digest)
-        try:
-            self.command("APOP", user, digest, shown=f"APOP {user} ***")
-        except ServerError as exc:
-            raise login_error(self._hide(exc.words), exc.code) from exc
+        self._send(self._p.send("APOP", user, digest), f"APOP {user} ***")
+        self._login_sent()
+        reply = self._reply()
+        if not reply.ok:
+            raise login_error(self._hide(describe(reply)), reply.code)
 
     def sasl(self, mech: auth.SASLMechanism) -> None:
         """Run an AUTH exchange (RFC 5034) with *mech*."""
@@ -241,6 +300,8 @@ class Client:
                 args.append(encoded)
                 initial = None
         self._send(self._p.send("AUTH", *args), f"AUTH {mech.name}" + (" ***" if args[1:] else ""))
+        if args[1:] and mech.name in ONE_STEP_MECHANISMS:
+            self._login_sent()
         while True:
             event = self._event()
             if isinstance(event, Continuation):
@@ -306,12 +367,13 @@ class Client:
         With PIPELINING (as CAPA before login said) the three go out together,
         one round trip instead of three.
         """
-        if not self.has("PIPELINING"):
+        if not self._maildrop_sent and not self.has("PIPELINING"):
             if self.capabilities is not None:
                 self.capa()
             listing = self.uidl()
             return listing, (self.sizes() if listing else {})
-        self._send(self._p.send("CAPA") + self._p.send("UIDL") + self._p.send("LIST"))
+        if not self._maildrop_sent:  # else they went out behind the login
+            self._send(self._p.send("CAPA") + self._p.send("UIDL") + self._p.send("LIST"))
         capa, uidl, sizes = self._read_listing(), self._read_listing(), self._read_listing()
         self._parse_capa(capa)
         return self._parse_uidl(uidl), self._parse_sizes(sizes)
