@@ -136,6 +136,8 @@ def _open_connection(
         )
     else:
         known = None  # only what an authenticated server said may save a round trip
+    if known is not None and "PIPELINING" not in known:
+        known = None  # RFC 2449 section 6.6: no pipelining unless the server offers it
     transport = Transport.connect(
         account.host,
         account.port,
@@ -166,8 +168,11 @@ def connect(
     *,
     log: Log | None = None,
     known: Capabilities | None = None,
+    listing: bool = False,
 ) -> Client:
     """Open, secure and log in to *account*'s server. The caller QUITs or closes.
+
+    *listing* says the caller goes on with :meth:`Client.maildrop`.
 
     CAPA is asked again after login by :meth:`Client.maildrop`, pipelined with
     UIDL and LIST where the server allows it, and behind a one-step login
@@ -177,7 +182,8 @@ def connect(
     """
     client = open_connection(account, log=log, known=known)
     try:
-        client.list_after_login()
+        if listing:
+            client.list_after_login()
         login(client, account, password)
     except BaseException:
         client.close()
@@ -429,7 +435,7 @@ class Session:
         secure = account.tls != "off"
         known = self.store.capabilities(mailbox) if secure else None
         with _target(account.deliver, account) as target:
-            client = connect(account, self.password, log=self.log, known=known)
+            client = connect(account, self.password, log=self.log, known=known, listing=True)
             try:
                 if secure:  # what the server said before the login, for next time
                     self.store.remember_capabilities(mailbox, client.capabilities)
@@ -654,7 +660,7 @@ def list_server(
     account: Account, password: PasswordSource, *, log: Log | None = None
 ) -> tuple[list[ServerMessage], int]:
     """Log in, list the maildrop (see :func:`server_messages`), QUIT. Changes nothing."""
-    client = connect(account, password, log=log)
+    client = connect(account, password, log=log, listing=True)
     try:
         listing = server_messages(client)
         client.quit()

@@ -163,6 +163,9 @@ class Session:
     """Network trouble that ended the session (a failed handshake, a reset)."""
     received: bytearray = field(default_factory=bytearray)
     """Every byte the client sent, as plaintext."""
+    chunks: list[bytes] = field(default_factory=list)
+    """``received`` as it arrived, read by read: under TLS one client write
+    (one record) is one chunk, so commands sharing a chunk were pipelined."""
     discarded: bytes = b""
     """Plaintext the client sent after STLS, before the handshake, thrown away."""
     done: threading.Event = field(default_factory=threading.Event, repr=False, compare=False)
@@ -564,6 +567,7 @@ class Conn:
             self.hangup()
         self._buf += data
         self.session.received += data
+        self.session.chunks.append(data)
 
     def readline(self) -> bytes | None:
         """The next line without its end (CRLF or bare LF), or None once closed."""

@@ -12,8 +12,9 @@ Maildir ``tmp/`` empty), the seen-store holds no intent and the server is
 empty.
 
 The moments are seeded random delays, measured from the server's greeting
-(from the start for one kill in five) so that the start-up time of Python
-does not swallow them; they are tuned so that kills land in every phase:
+or the first RETR (from the start for one kill in five) so that the start-up
+time of Python does not swallow them; they are tuned so that kills land in
+every phase:
 start-up and connect, login, UIDL/LIST, mid-RETR, between messages
 (delivered, not yet recorded), DELE and QUIT. The phase of each kill is read
 from the ``-vv`` transcript the killed run left behind. Run with ``-s`` to
@@ -48,7 +49,7 @@ KILLS = 60  # per target
 ROUND = 300  # messages added each time a run gets through before its kill
 SEED = 20250214
 BUDGET = 150.0  # seconds per target before the test gives up
-SPAN = 0.5  # seconds after the greeting within which most kills land
+SPAN = 0.5  # seconds after the first RETR within which most kills land
 
 PHASES = (
     "start-up/connect",
@@ -208,8 +209,10 @@ def _crash_loop(
 
     Each run is killed at a seeded random moment: one in five in the second
     half of the time to the greeting (seen-store, locks, TCP and TLS; the
-    median of the last runs that got there), the others after the greeting,
-    where most of them land while messages stream in. A run that has only
+    median of the last runs that got there); of the others, one in four
+    within what an empty sync spends after its greeting (login, UIDL/LIST),
+    and the rest within SPAN (or what a whole transfer took lately, if less)
+    of the first RETR, while messages stream in. A run that has only
     DELE and QUIT left is killed after its first DELE, within 1.5 times what
     an empty sync spends after its greeting, so that those short phases are
     hit too.
@@ -220,6 +223,7 @@ def _crash_loop(
     # An empty mailbox: start-up, TLS, login, UIDL, QUIT.
     greetings, after_greeting = _calibrate(home, log)
     expected: list[bytes] = []
+    transfers: list[float] = []  # seconds from the first RETR to the end, of runs not killed
     deadline = time.monotonic() + BUDGET
     need_round = True
     while tally.kills < KILLS:
@@ -232,6 +236,7 @@ def _crash_loop(
         before = _intents(home)
         only_dele = _unrecorded_on_server(mailbox, home) == 0
         early = rng.random() < 0.2
+        retr = None
         proc = _popen(home, log)
         start = time.monotonic()
         if early and not only_dele:
@@ -243,8 +248,15 @@ def _crash_loop(
             if only_dele:
                 _wait_for(proc, log, b"C: DELE")
                 when = time.monotonic() + rng.uniform(0, 1.5 * after_greeting)
+            elif rng.random() < 0.25:  # login, UIDL/LIST
+                when = time.monotonic() + rng.uniform(0, after_greeting)
             else:
-                when = time.monotonic() + rng.uniform(0, SPAN)
+                # Measured from the first RETR, however fast the start-up got,
+                # and within what a whole transfer took lately.
+                _wait_for(proc, log, b"C: RETR")
+                retr = time.monotonic()
+                span = min(SPAN, statistics.median(transfers[-5:])) if transfers else SPAN
+                when = retr + rng.uniform(0, span)
         try:
             code = proc.wait(timeout=max(0.0, when - time.monotonic()))
         except subprocess.TimeoutExpired:
@@ -260,6 +272,8 @@ def _crash_loop(
         # The run finished before its kill: it must have succeeded.
         assert code == 0, f"{kind}: a run failed on its own (exit {code}):\n{log.read_text()}"
         tally.completed += 1
+        if retr is not None:
+            transfers.append(time.monotonic() - retr)
         need_round = dc.count(mailbox.user) == 0
     # The last run is not killed: it must complete and empty the server.
     final = home.run("sync", timeout=60)

@@ -1,0 +1,202 @@
+"""Round trips at start-up: what goes out together, as the server sees it.
+
+RFC 2449 section 6.6 lets a client pipeline once the server advertises
+PIPELINING. fetchpop sends CAPA, UIDL and LIST behind a one-step login, and
+remembers the pre-login capabilities so that the next session sends CAPA with
+the login instead of waiting for it. The fake server records what arrived in
+each read: under TLS one client write is one record, so commands that share a
+chunk were sent together.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import trustme
+from fakepop import DEFAULT_CAPA, FakePOP3, make_server_context
+from runner import Home, account_toml, maildir_messages
+
+from fetchpop.seenstore import SeenStore
+
+USER, SECRET = "alice", "Pw-pipe-4"
+MESSAGES = [b"Subject: one\n\nfirst\n", b"Subject: two\n\nsecond\n"]
+NO_PIPELINING = (*(c for c in DEFAULT_CAPA if c != "PIPELINING"), "SASL PLAIN")
+
+
+def writes(server: FakePOP3, session: int) -> list[list[bytes]]:
+    """The command names of each client write in *session* (SASL lines as "+")."""
+    assert server.wait_sessions(session + 1)
+    out = []
+    for chunk in server.sessions[session].chunks:
+        names = []
+        for line in chunk.split(b"\r\n"):
+            if line:
+                word = line.split(b" ", 1)[0].upper()
+                names.append(word if word.isalpha() else b"+")
+        out.append(names)
+    return out
+
+
+def config(server: FakePOP3, mail: Path, ca_file: Path, **keys: object) -> str:
+    base: dict[str, object] = {
+        "host": "localhost",
+        "port": server.port,
+        "user": USER,
+        "password": SECRET,
+        "tls": "implicit",
+        "ca_file": str(ca_file),
+        "deliver": f"maildir:{mail}",
+        "timeout": 5,
+    }
+    base.update(keys)
+    if base["tls"] == "off":
+        del base["ca_file"]
+    return account_toml("acct", **{k: v for k, v in base.items() if v is not None})
+
+
+def tls_server(ca: trustme.CA, **kwargs: object) -> FakePOP3:
+    kwargs.setdefault("implicit_tls", True)
+    return FakePOP3(
+        MESSAGES,
+        users={USER: SECRET},
+        tls_context=make_server_context(ca, "localhost"),
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
+LOGINS = {
+    "user": [b"USER", b"PASS"],
+    "apop": [b"APOP"],
+    "plain": [b"AUTH"],
+}
+
+
+@pytest.mark.parametrize("method", sorted(LOGINS))
+def test_one_round_trip_from_greeting_to_retr(
+    method: str, ca: trustme.CA, ca_file: Path, home: Home, tmp_path: Path
+) -> None:
+    mail = tmp_path / "Mail"
+    login = LOGINS[method]
+    with tls_server(ca) as server:
+        home.write_config(config(server, mail, ca_file, auth=method))
+        first = home.run("sync")
+        assert first.code == 0, first
+        # Nothing known yet: CAPA alone, then the login with the listing behind it.
+        assert writes(server, 0)[:2] == [[b"CAPA"], [*login, b"CAPA", b"UIDL", b"LIST"]]
+        assert writes(server, 0)[2][0] == b"RETR"
+
+        server.mailbox.add(b"Subject: three\n\nthird\n")
+        second = home.run("sync")
+        assert second.code == 0, second
+        # The capabilities from last time: everything in the first write.
+        assert writes(server, 1)[0] == [b"CAPA", *login, b"CAPA", b"UIDL", b"LIST"]
+        assert writes(server, 1)[1] == [b"RETR"]
+    assert len(maildir_messages(mail)) == 3
+    assert server.errors == []
+
+
+def test_a_multi_step_login_is_not_followed_by_commands(
+    ca: trustme.CA, ca_file: Path, home: Home, tmp_path: Path
+) -> None:
+    """SCRAM needs the server's challenge: only CAPA may go out with its first line."""
+    with tls_server(ca) as server:
+        home.write_config(config(server, tmp_path / "Mail", ca_file, auth="scram-sha-256"))
+        assert home.run("sync").code == 0
+        assert home.run("sync").code == 0
+        second = writes(server, 1)
+        assert second[0] == [b"CAPA", b"AUTH"]
+        assert [b"CAPA", b"UIDL", b"LIST"] in second[1:]
+        assert all(b"UIDL" not in w or w[0] == b"CAPA" for w in second)
+    assert server.errors == []
+
+
+@pytest.mark.parametrize("capa", [NO_PIPELINING, None], ids=["no-pipelining", "no-capa"])
+def test_no_pipelining_without_the_servers_word(
+    capa: tuple[str, ...] | None, ca: trustme.CA, ca_file: Path, home: Home, tmp_path: Path
+) -> None:
+    with tls_server(ca, capa=capa) as server:
+        home.write_config(config(server, tmp_path / "Mail", ca_file, auth="user"))
+        for run in range(2):
+            result = home.run("sync")
+            assert result.code == 0, result
+            assert all(len(w) == 1 for w in writes(server, run)), writes(server, run)
+    assert len(maildir_messages(tmp_path / "Mail")) == 2
+    assert server.errors == []
+
+
+def test_changed_capabilities_are_learnt_again(
+    ca: trustme.CA, ca_file: Path, home: Home, tmp_path: Path
+) -> None:
+    with tls_server(ca) as server:
+        home.write_config(config(server, tmp_path / "Mail", ca_file, auth="user"))
+        assert home.run("sync").code == 0
+        server.capa = NO_PIPELINING  # the server stopped advertising PIPELINING
+        server.mailbox.add(b"Subject: three\n\nthird\n")
+        second = home.run("sync")
+        assert second.code == 0, second
+        # Sent on last session's word; the server still answers in order.
+        assert writes(server, 1)[0] == [b"CAPA", b"USER", b"PASS", b"CAPA", b"UIDL", b"LIST"]
+        third = home.run("sync")
+        assert third.code == 0, third
+        assert all(len(w) == 1 for w in writes(server, 2))
+    assert len(maildir_messages(tmp_path / "Mail")) == 3
+    assert server.errors == []
+
+
+def test_a_refused_login_refuses_the_pipelined_listing_too(
+    ca: trustme.CA, ca_file: Path, home: Home, tmp_path: Path
+) -> None:
+    with tls_server(ca) as server:
+        home.write_config(config(server, tmp_path / "Mail", ca_file, auth="user", password="wrong"))
+        result = home.run("sync")
+        assert result.code == 77, result
+        [line] = result.stderr.splitlines()
+        assert line.startswith("fetchpop: acct: authentication failed: -ERR")
+        assert writes(server, 0)[1] == [b"USER", b"PASS", b"CAPA", b"UIDL", b"LIST"]
+        assert server.commands_named("RETR") == []
+    assert maildir_messages(tmp_path / "Mail") == []
+    assert server.errors == []
+
+
+def test_starttls_with_known_capabilities_sends_stls_at_once(
+    ca: trustme.CA, ca_file: Path, home: Home, tmp_path: Path
+) -> None:
+    with tls_server(ca, implicit_tls=False) as server:
+        home.write_config(config(server, tmp_path / "Mail", ca_file, tls="starttls", auth="plain"))
+        assert home.run("sync").code == 0
+        assert writes(server, 0)[:2] == [[b"CAPA"], [b"STLS"]]
+        server.mailbox.add(b"Subject: three\n\nthird\n")
+        assert home.run("sync").code == 0
+        second = writes(server, 1)
+        assert second[0] == [b"STLS"]  # nothing else before the handshake
+        assert second[1] == [b"CAPA", b"AUTH", b"CAPA", b"UIDL", b"LIST"]
+    assert len(maildir_messages(tmp_path / "Mail")) == 3
+    assert server.errors == []
+
+
+def test_clear_text_sessions_learn_nothing(home: Home, tmp_path: Path) -> None:
+    with FakePOP3(MESSAGES, users={USER: SECRET}) as server:
+        home.write_config(
+            config(server, tmp_path / "Mail", tmp_path / "no-ca.pem", tls="off", auth="user")
+        )
+        for run in range(2):
+            assert home.run("sync").code == 0
+            assert writes(server, run)[0] == [b"CAPA"]
+    assert server.errors == []
+
+
+def test_the_store_keeps_capabilities_per_mailbox(tmp_path: Path) -> None:
+    with SeenStore(tmp_path / "store.sqlite3") as store:
+        one = store.mailbox_id("pop.example.org", 995, "alice")
+        two = store.mailbox_id("pop.example.org", 995, "bob")
+        assert one is not None and two is not None
+        assert store.capabilities(one) is None
+        caps = {"PIPELINING": [], "SASL": ["PLAIN", "SCRAM-SHA-256"], "UIDL": []}
+        store.remember_capabilities(one, caps)
+        store.remember_capabilities(two, {})
+    with SeenStore(tmp_path / "store.sqlite3") as store:
+        assert store.capabilities(one) == caps
+        assert store.capabilities(two) == {}
+        store.remember_capabilities(one, None)
+        assert store.capabilities(one) is None
