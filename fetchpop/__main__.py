@@ -1,5 +1,5 @@
 """Allow ``python -m fetchpop``."""
 
-from fetchpop.cli import run
+from fetchpop.cli import entry
 
-run()
+entry()

@@ -9,6 +9,7 @@ stays fast.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import sys
@@ -811,6 +812,35 @@ def run(argv: Sequence[str] | None = None) -> NoReturn:
         exc.show()
         _exit(ExitCode.USAGE)
     _exit(code if isinstance(code, int) else 0)
+
+
+def entry() -> NoReturn:
+    """The process's entry point (the console script, ``python -m fetchpop``).
+
+    Runs :func:`run`, then ends the process without tearing the interpreter
+    down: every file, lock and database fetchpop used is closed (and what
+    must be durable is fsynced) before a command returns, and freeing
+    thousands of objects and modules one by one only delays the exit status
+    (20 to 30 ms a run). Under a tracer or profiler (coverage, cProfile),
+    which write their results at exit, the exit is the ordinary one.
+    """
+    try:
+        run()
+    except SystemExit as exc:
+        code = exc.code
+    if code is None:
+        status = 0
+    elif isinstance(code, int):
+        status = code
+    else:  # sys.exit("message"), as Python itself treats it
+        print(code, file=sys.stderr)
+        status = 1
+    if sys.gettrace() is not None or sys.getprofile() is not None:
+        sys.exit(status)
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):  # a closed pipe: nothing to say anyway
+            stream.flush()
+    os._exit(status)
 
 
 @main.command()

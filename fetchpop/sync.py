@@ -518,7 +518,8 @@ class Session:
             self._commit(target)
             self._drop_unused_intents()
         # Only what is recorded (and synced) is considered for deletion.
-        plan = make_plan(account, messages, known, now=self.now(), fresh=self._fresh)
+        if self._fresh:
+            plan = make_plan(account, messages, known, now=self.now(), fresh=self._fresh)
         numbers = [m.number for m, _ in plan.delete]
         # DELE is a few bytes: a wider window costs nothing.
         refused = client.delete_and_quit(numbers, window=window * 8)
