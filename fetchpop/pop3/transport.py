@@ -15,7 +15,6 @@ import datetime
 import hashlib
 import hmac
 import os
-import select
 import socket
 import ssl
 from pathlib import Path
@@ -241,14 +240,8 @@ class Transport:
                 self._eof = True
                 return data
             parts = [data]
-            size = len(data)
-            while size < READ_SIZE and self._readable():
-                more = self._sock.recv(READ_SIZE - size)
-                if not more:
-                    self._eof = True  # give what we have; b"" on the next call
-                    break
-                parts.append(more)
-                size += len(more)
+            if len(data) < READ_SIZE:
+                self._drain(parts, len(data))
             return b"".join(parts) if len(parts) > 1 else data
         except TimeoutError as exc:
             raise ServerTimeoutError(f"no reply from {self.host} for {self.timeout:g} s") from exc
@@ -257,11 +250,25 @@ class Transport:
         except OSError as exc:
             raise ConnectionLostError(f"connection to {self.host} lost: {_reason(exc)}") from exc
 
-    def _readable(self) -> bool:
+    def _drain(self, parts: list[bytes], size: int) -> None:
+        """Append to *parts* what has arrived already, without waiting for more."""
         sock = self._sock
-        if isinstance(sock, ssl.SSLSocket) and sock.pending():
-            return True
-        return bool(select.select([sock], [], [], 0)[0])
+        # A socket with a timeout is non-blocking underneath: a zero timeout
+        # only stops the waiting, so a read with nothing there fails at once
+        # instead of costing a select() per TLS record.
+        sock.settimeout(0.0)
+        try:
+            while size < READ_SIZE:
+                more = sock.recv(READ_SIZE - size)
+                if not more:
+                    self._eof = True  # give what we have; b"" on the next call
+                    break
+                parts.append(more)
+                size += len(more)
+        except (ssl.SSLWantReadError, ssl.SSLWantWriteError, BlockingIOError):
+            pass  # nothing more for now (the next read waits, and finishes any TLS business)
+        finally:
+            sock.settimeout(self.timeout)
 
     def close(self) -> None:
         """Close the connection (without a TLS close_notify wait)."""
