@@ -56,7 +56,7 @@ EXPECTED = {
     "sizes": {1: SIZE_1, 2: SIZE_2},
     "messages": [(1, BODY_1), (2, BODY_2)],
     "refused": [],
-    "quit": True,
+    "quit": True,  # two DELEs were sent
 }
 
 
@@ -133,7 +133,8 @@ def check_result(out: dict[str, Any]) -> None:
         assert number >= 1 and raw and raw == raw.strip() and b"\n" not in raw
     assert all(n >= 1 and size >= 0 for n, size in out["sizes"].items())
     assert [n for n, _ in out["messages"]] == numbers
-    assert out["quit"] is True
+    # QUIT is confirmed when deletions hang on it, else not waited for.
+    assert out["quit"] is bool(numbers)
 
 
 # -- strategies --------------------------------------------------------------------

@@ -93,7 +93,7 @@ class Client:
         self._ahead: list[Callable[[Event], None]] = []
         self._list_after_login = False
         self._maildrop_sent = False
-        self._unread_listings = 0  # sent behind the login, not yet read by maildrop()
+        self._dele_sent = False  # then QUIT must be confirmed
         event = self._event()
         assert isinstance(event, Greeting)
         self.greeting = event
@@ -124,11 +124,15 @@ class Client:
             if form and form not in self._secrets:
                 self._secrets.append(form)
 
-    def _event(self) -> Event:
+    def _flush(self) -> None:
+        """Write what is held back (see assume_capabilities), and stop holding."""
         if self._held is not None:
             held, self._held = self._held, None
             if held:
                 self._t.send(b"".join(held))
+
+    def _event(self) -> Event:
+        self._flush()
         while True:
             event = self._p.next_event()
             if event is NEED_DATA:
@@ -237,7 +241,6 @@ class Client:
         if self._list_after_login and self.has("PIPELINING") and not self._maildrop_sent:
             self._send(self._p.send("CAPA") + self._p.send("UIDL") + self._p.send("LIST"))
             self._maildrop_sent = True
-            self._unread_listings = 3
 
     def stls(self, context: ssl.SSLContext, pinned: str | None = None) -> None:
         """Upgrade with STLS (RFC 2595 section 4). Never falls back to clear text."""
@@ -373,7 +376,6 @@ class Client:
         one round trip instead of three, unless they already went out behind
         the login (:meth:`list_after_login`).
         """
-        self._unread_listings = 0
         if not self._maildrop_sent and not self.has("PIPELINING"):
             if self.capabilities is not None:
                 self.capa()
@@ -448,17 +450,21 @@ class Client:
         """DELE each message and QUIT, pipelined; returns the DELEs the server refused.
 
         Raises when QUIT is not confirmed: then no deletion has happened
-        (RFC 1939 section 6, the UPDATE state).
+        (RFC 1939 section 6, the UPDATE state). With nothing to delete, the
+        reply would confirm nothing: QUIT is sent and the connection closed
+        without waiting for it (a round trip less).
         """
         try:
+            if not numbers and not self._dele_sent:
+                self._send(self._p.send("QUIT"))
+                self._flush()
+                return []
             return self._dele(numbers, window, quit=True)
         finally:
             self.close()
 
     def _dele(self, numbers: Sequence[int], window: int, *, quit: bool) -> list[tuple[int, Reply]]:
-        for _ in range(self._unread_listings):  # a login check that lists nothing
-            self._read_listing()
-        self._unread_listings = 0
+        self._dele_sent = self._dele_sent or bool(numbers)
         refused = []
         commands = [("DELE", str(n)) for n in numbers] + ([("QUIT",)] if quit else [])
         pos = 0
@@ -478,9 +484,14 @@ class Client:
         return refused
 
     def quit(self) -> bool:
-        """QUIT; True when the server confirmed (its deletions are then done)."""
+        """QUIT and close; True when the server confirmed it.
+
+        Only deletions (:meth:`delete`) need confirming; without them the
+        reply is not waited for, and this is False.
+        """
+        confirm = self._dele_sent
         self.delete_and_quit(())
-        return True
+        return confirm
 
     def close(self) -> None:
         """Drop the connection."""
