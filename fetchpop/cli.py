@@ -50,9 +50,9 @@ class Environment:
         """``<user state dir>/fetchpop`` (Linux: $XDG_STATE_HOME/fetchpop)."""
         if self.state_override is not None:
             return self.state_override
-        import platformdirs
+        from fetchpop.config import user_dir
 
-        return Path(platformdirs.user_state_path("fetchpop"))
+        return user_dir("state", self.environ)
 
     def store_path(self) -> Path:
         """Where the seen-store lives."""

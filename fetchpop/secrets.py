@@ -13,14 +13,15 @@ from a password command quote its stderr only, never its stdout.
 
 from __future__ import annotations
 
-import shlex
-import subprocess
 from collections.abc import Callable
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fetchpop.config import Account
 from fetchpop.errors import AuthError, UnavailableError, sanitize
+
+if TYPE_CHECKING:
+    import subprocess
 
 #: The keyring service name; the username is ``keyring_username(account)``.
 KEYRING_SERVICE = "fetchpop"
@@ -38,7 +39,7 @@ def get_password(
     account: Account,
     *,
     prompt: Prompt | None = None,
-    run: Runner = subprocess.run,
+    run: Runner | None = None,
 ) -> str:
     """The account's password, from the first source that has one.
 
@@ -69,7 +70,11 @@ def get_password(
     raise AuthError(message)
 
 
-def _from_command(command: str, timeout: float, run: Runner) -> str:
+def _from_command(command: str, timeout: float, run: Runner | None) -> str:
+    # (Imported here: most runs read no password command.)
+    import shlex
+    import subprocess
+
     try:
         argv = shlex.split(command)
     except ValueError as exc:
@@ -78,7 +83,7 @@ def _from_command(command: str, timeout: float, run: Runner) -> str:
         raise AuthError("password_command is empty")
     name = sanitize(argv[0], limit=80)
     try:
-        result = run(
+        result = (run or subprocess.run)(
             argv,
             stdin=subprocess.DEVNULL,
             capture_output=True,

@@ -169,10 +169,12 @@ def connect(
     log: Log | None = None,
     known: Capabilities | None = None,
     listing: bool = False,
+    meanwhile: Callable[[], None] | None = None,
 ) -> Client:
     """Open, secure and log in to *account*'s server. The caller QUITs or closes.
 
     *listing* says the caller goes on with :meth:`Client.maildrop`.
+    *meanwhile* runs while the server checks the login (:meth:`Client.when_waiting`).
 
     CAPA is asked again after login by :meth:`Client.maildrop`, pipelined with
     UIDL and LIST where the server allows it, and behind a one-step login
@@ -184,6 +186,8 @@ def connect(
     try:
         if listing:
             client.list_after_login()
+        if meanwhile is not None:
+            client.when_waiting(meanwhile)
         login(client, account, password)
     except BaseException:
         client.close()
@@ -365,13 +369,10 @@ def uidl_reset(plan: Plan, seen: Mapping[str, float]) -> str | None:
     the provider migrated or rebuilt the maildrop, and every message looks new.
     """
     unknown = len(plan.fetch) + sum(1 for m, _ in plan.skip if m.uidl not in seen)
+    if unknown < RESET_MIN_UNKNOWN or len(seen) < RESET_MIN_UNKNOWN:
+        return None  # (the usual case, without counting 100,000 messages)
     still_there = sum(1 for m in plan.messages if m.uidl in seen)
-    if (
-        unknown >= RESET_MIN_UNKNOWN
-        and len(seen) >= RESET_MIN_UNKNOWN
-        and unknown > len(plan.messages) // 2
-        and still_there < len(seen) // 10
-    ):
+    if unknown > len(plan.messages) // 2 and still_there < len(seen) // 10:
         return (
             f"{unknown} of the {len(plan.messages)} messages on the server have UIDLs "
             f"never seen here, and only {still_there} of the {len(seen)} known ones "
@@ -425,6 +426,7 @@ class Session:
         # Intents journalled ahead, a batch per transaction: number -> (id, intent).
         self._ahead: dict[int, tuple[int, str]] = {}
         self._target_reserves = True  # until the target says it cannot
+        self._known: Known | None = None  # read while the server works (see run)
 
     def run(self) -> SyncResult:
         """Sync the account; raises a FetchpopError subclass on failure."""
@@ -435,7 +437,14 @@ class Session:
         secure = account.tls != "off"
         known = self.store.capabilities(mailbox) if secure else None
         with _target(account.deliver, account) as target:
-            client = connect(account, self.password, log=self.log, known=known, listing=True)
+            client = connect(
+                account,
+                self.password,
+                log=self.log,
+                known=known,
+                listing=True,
+                meanwhile=self._read_known,
+            )
             try:
                 if secure:  # what the server said before the login, for next time
                     self.store.remember_capabilities(mailbox, client.capabilities)
@@ -447,17 +456,21 @@ class Session:
             raise self.failure
         return self.result
 
-    def _reconcile(self, client: Client, target: Target, messages: list[ServerMessage]) -> None:
+    def _read_known(self) -> None:
+        self._known = read_known(self.store, self._mailbox)
+
+    def _reconcile(self, client: Client, target: Target, messages: list[ServerMessage]) -> bool:
         """Resolve intents left by a run that was killed (SPEC section 1, promise 2).
 
         A Maildir answers from its directories. An mbox whose file grew past
         the intent's offset is compared with the server's copy (a partial tail
         is cut off). An MDA cannot be asked: the message is delivered again,
-        at least once, never lost; fetchpop(1) says so.
+        at least once, never lost; fetchpop(1) says so. True when there were
+        intents (then the store has changed).
         """
         intents = self.store.intents(self._mailbox)
         if not intents:
-            return
+            return False
         on_server = {m.uidl: m for m in messages}
         current = format_deliver(self.account.deliver)
         recorded: list[Intent] = []
@@ -482,6 +495,7 @@ class Session:
             )
         if dropped:
             self.store.drop_intents([i.id for i in dropped])
+        return True
 
     @staticmethod
     def _confirm(client: Client, target: Target, detail: str, msg: ServerMessage) -> bool:
@@ -495,10 +509,14 @@ class Session:
         account = self.account
         messages, repeats = server_messages(client)
         self.result.server_messages = len(messages)
-        self._reconcile(client, target, messages)
+        # Read while the server was busy with the login, unless intents were
+        # resolved since (or the client never had to wait).
+        if self._reconcile(client, target, messages) or self._known is None:
+            self._read_known()
+        known = self._known
+        assert known is not None
         if repeats:
             self.result.warnings.append(f"server lists {repeats} repeated UIDL(s)")
-        known = read_known(self.store, self._mailbox)
         plan = make_plan(account, messages, known, now=self.now())
         # With keep = false our own deletions empty the server; only a
         # leave-on-server mailbox can tell a UIDL reset from new mail.

@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Literal
 
 import pytest
 
@@ -18,6 +19,7 @@ from fetchpop.config import (
     find_config_path,
     load_config,
     parse_size,
+    user_dir,
 )
 from fetchpop.errors import ConfigError, ExitCode
 
@@ -556,6 +558,40 @@ def test_find_config_path_honours_xdg_in_os_environ(
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "cfg"))
     got = find_config_path(None, os.environ)
     assert got == tmp_path / "cfg" / "fetchpop" / "config.toml"
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="the platformdirs shortcut is Linux's")
+@pytest.mark.parametrize(
+    ("xdg", "home"),
+    [
+        (None, "/home/alice"),
+        ("/srv/xdg", "/home/alice"),
+        ("relative/xdg", "/home/alice"),  # not absolute: ignored, as the XDG spec says
+        ("", "/home/alice"),
+        (None, "relative-home"),  # platformdirs decides
+    ],
+)
+@pytest.mark.parametrize("kind", ["config", "state"])
+def test_user_dir_is_what_platformdirs_says(
+    kind: Literal["config", "state"],
+    xdg: str | None,
+    home: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import platformdirs
+
+    var = "XDG_CONFIG_HOME" if kind == "config" else "XDG_STATE_HOME"
+    monkeypatch.setenv("HOME", home)
+    if xdg is None:
+        monkeypatch.delenv(var, raising=False)
+    else:
+        monkeypatch.setenv(var, xdg)
+    expected = (
+        platformdirs.user_config_path("fetchpop")
+        if kind == "config"
+        else platformdirs.user_state_path("fetchpop")
+    )
+    assert user_dir(kind, os.environ) == expected
 
 
 # -- Config.select and the public view ----------------------------------------

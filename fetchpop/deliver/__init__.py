@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import re
-import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,6 +65,8 @@ def _expand_path(text: str, env: Mapping[str, str]) -> Path:
 
 
 def _split_command(text: str, env: Mapping[str, str]) -> tuple[str, ...]:
+    import shlex  # (only an MDA needs it)
+
     try:
         words = shlex.split(text)
     except ValueError as exc:  # "No closing quotation" and the like

@@ -16,11 +16,7 @@ import binascii
 import contextlib
 import hashlib
 import hmac
-import json
-import secrets
-import stringprep
-import unicodedata
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Literal, Protocol
 
 from fetchpop.errors import AuthError, LocalProtocolError, ProtocolError, sanitize
@@ -88,19 +84,6 @@ def apop_digest(timestamp: bytes, secret: str) -> str:
     return digest.hexdigest()
 
 
-_PROHIBITED: tuple[Callable[[str], bool], ...] = (
-    stringprep.in_table_c12,
-    stringprep.in_table_c21_c22,
-    stringprep.in_table_c3,
-    stringprep.in_table_c4,
-    stringprep.in_table_c5,
-    stringprep.in_table_c6,
-    stringprep.in_table_c7,
-    stringprep.in_table_c8,
-    stringprep.in_table_c9,
-)
-
-
 def saslprep(text: str, what: str = "password") -> str:
     """Prepare *text* with SASLprep (RFC 4013) as a query string.
 
@@ -108,13 +91,28 @@ def saslprep(text: str, what: str = "password") -> str:
     clients. *what* names the value in the AuthError raised for a prohibited
     character; the value itself is never shown.
     """
+    # Only SCRAM needs these (a few ms of start-up for every other login).
+    import stringprep
+    import unicodedata
+
+    prohibited = (
+        stringprep.in_table_c12,
+        stringprep.in_table_c21_c22,
+        stringprep.in_table_c3,
+        stringprep.in_table_c4,
+        stringprep.in_table_c5,
+        stringprep.in_table_c6,
+        stringprep.in_table_c7,
+        stringprep.in_table_c8,
+        stringprep.in_table_c9,
+    )
     # RFC 4013 section 2.1: non-ASCII spaces become SPACE, table B.1 vanishes.
     mapped = "".join(
         " " if stringprep.in_table_c12(ch) else ch for ch in text if not stringprep.in_table_b1(ch)
     )
     # Section 2.2: NFKC as of Unicode 3.2, the version of the stringprep tables.
     prepared = unicodedata.ucd_3_2_0.normalize("NFKC", mapped)
-    if any(check(ch) for ch in prepared for check in _PROHIBITED):
+    if any(check(ch) for ch in prepared for check in prohibited):
         raise AuthError(f"the {what} contains a character SASLprep prohibits (RFC 4013)")
     # Section 2.4 / RFC 3454 section 6: right-to-left text must be wholly so.
     if any(stringprep.in_table_d1(ch) for ch in prepared) and (
@@ -276,7 +274,11 @@ class _Scram(_Mechanism):
         self._password = _utf8(saslprep(secret, "password"), "password", "")
         # RFC 5802 section 5.1: the user name SHOULD be SASLprepped, then escaped.
         name = _saslname(saslprep(user, "user name"))
-        self._nonce = nonce if nonce is not None else secrets.token_urlsafe(18)
+        if nonce is None:
+            import secrets
+
+            nonce = secrets.token_urlsafe(18)
+        self._nonce = nonce
         if not _printable_nonce(self._nonce):
             raise LocalProtocolError("a SCRAM nonce must be printable ASCII without commas")
         self._client_first_bare = _utf8(f"n={name},r={self._nonce}", "user name", "")
@@ -352,6 +354,8 @@ class _Scram(_Mechanism):
 
 def _oauth_error(challenge: bytes) -> str:
     """The server's JSON error report, compacted and made safe to print."""
+    import json  # (only a failed OAuth2 login needs it)
+
     text = challenge.decode("utf-8", "replace")
     with contextlib.suppress(ValueError, RecursionError):  # not JSON: show it as text
         text = json.dumps(json.loads(text), separators=(",", ":"), ensure_ascii=False)

@@ -94,6 +94,7 @@ class Client:
         self._list_after_login = False
         self._maildrop_sent = False
         self._dele_sent = False  # then QUIT must be confirmed
+        self._idle: Callable[[], None] | None = None  # see when_waiting()
         event = self._event()
         assert isinstance(event, Greeting)
         self.greeting = event
@@ -136,11 +137,23 @@ class Client:
         while True:
             event = self._p.next_event()
             if event is NEED_DATA:
+                if self._idle is not None:
+                    task, self._idle = self._idle, None
+                    task()
                 self._p.receive_data(self._t.recv())
             elif self._ahead:
                 self._ahead.pop(0)(event)
             else:
                 return event
+
+    def when_waiting(self, task: Callable[[], None]) -> None:
+        """Run *task* once, the next time this client has to wait for the server.
+
+        Local work done then (reading the seen-store while the server checks
+        the login and lists the maildrop) takes no time of its own. What
+        *task* raises comes out of the command that was waiting.
+        """
+        self._idle = task
 
     def _send(self, data: bytes, shown: str | None = None) -> None:
         if self._logging:

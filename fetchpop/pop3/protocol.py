@@ -23,9 +23,9 @@ Strategy (RFC 1939 section 3, RFC 2449 sections 6.6 and 8):
 from __future__ import annotations
 
 import collections
-import dataclasses
 import enum
 import re
+from typing import NamedTuple
 
 from fetchpop.errors import ConnectionLostError, LocalProtocolError, ProtocolError, sanitize
 
@@ -49,8 +49,7 @@ class Kind(enum.Enum):
     SASL = "sasl"  # "+ challenge" lines until a final status line
 
 
-@dataclasses.dataclass(frozen=True)
-class Greeting:
+class Greeting(NamedTuple):
     """The server's first line. ``timestamp`` is the APOP challenge, if any."""
 
     ok: bool
@@ -59,8 +58,7 @@ class Greeting:
     code: str | None = None  # an RFC 2449 response code of a -ERR greeting
 
 
-@dataclasses.dataclass(frozen=True)
-class Reply:
+class Reply(NamedTuple):
     """A status line: the whole reply to a single-line command, or a failed
     multi-line one. ``code`` is the RFC 2449 response code (``"IN-USE"``)."""
 
@@ -70,8 +68,7 @@ class Reply:
     code: str | None = None
 
 
-@dataclasses.dataclass(frozen=True)
-class Listing:
+class Listing(NamedTuple):
     """A successful CAPA, LIST or UIDL: its lines, unstuffed, without line ends."""
 
     command: str
@@ -79,30 +76,26 @@ class Listing:
     lines: list[bytes]
 
 
-@dataclasses.dataclass(frozen=True)
-class MessageStart:
+class MessageStart(NamedTuple):
     """The ``+OK`` of a RETR or TOP; data events follow."""
 
     command: str
     text: bytes
 
 
-@dataclasses.dataclass(frozen=True)
-class MessageData:
+class MessageData(NamedTuple):
     """A piece of a message: dot-unstuffed, LF line ends."""
 
     data: bytes
 
 
-@dataclasses.dataclass(frozen=True)
-class MessageEnd:
+class MessageEnd(NamedTuple):
     """The terminating ``.`` of a message; ``octets`` counts the wire bytes."""
 
     octets: int
 
 
-@dataclasses.dataclass(frozen=True)
-class Continuation:
+class Continuation(NamedTuple):
     """A SASL challenge line (``+ base64``), RFC 5034 section 4."""
 
     payload: bytes
@@ -126,8 +119,7 @@ _CODE = re.compile(rb"^\[([^\]\r\n]{1,64})\]\s*")
 _TIMESTAMP = re.compile(rb"<[\x21-\x3b\x3d\x3f-\x7e]+@[\x21-\x3b\x3d\x3f-\x7e]+>")
 
 
-@dataclasses.dataclass
-class _Expect:
+class _Expect(NamedTuple):
     command: str
     kind: Kind
     max_octets: int | None = None

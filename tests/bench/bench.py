@@ -31,6 +31,16 @@ leaves only CPU). Dovecot's spool is on tmpfs when there is room. Every timed
 run starts after ``sync(2)``, and the Maildirs are removed only when a case
 ends, so that no run pays for the write-back or the freed blocks of another.
 
+fetchpop runs from a virtual environment made for the run, which finds the
+fetchpop package in the checkout and its dependencies where this Python has
+them, through a ``.pth`` file that only lists those directories: as a pipx or
+venv installation would, it runs none of the start-up hooks of this Python's
+own site-packages (``.pth`` files that import code, such as a setuptools
+editable-install finder or a CA-injecting hook, cost every Python program
+tens of milliseconds before its first line; they are not fetchpop's).
+``--system-python`` runs it with this Python itself instead, hooks and all.
+The start-up figures at the end show both.
+
 ``--source DIR`` runs the fetchpop package found in DIR instead of this
 checkout, to compare a change. ``--profile DIR`` runs fetchpop once per case
 under cProfile instead, stores ``DIR/<case>.prof`` and prints the top
@@ -351,8 +361,9 @@ class Fetchpop(Tool):
         pycache: Path | None = None,
         python_args: tuple[str, ...] = (),
         source: Path = REPO,
+        python: str = sys.executable,
     ) -> None:
-        self.python = sys.executable
+        self.python = python
         self.source = source  # the directory holding the fetchpop package
         self.pycache = pycache
         self.python_args = python_args  # e.g. ("-m", "cProfile", "-o", FILE)
@@ -743,7 +754,8 @@ def profile(bench: Bench, case: Case, fetchpop: Fetchpop, outdir: Path, top: int
     if case.keep_state:
         state = prime(bench, fetchpop, case, Cell())
     prof = outdir / f"{case.key}.prof"
-    tool = Fetchpop(fetchpop.pycache, ("-m", "cProfile", "-o", str(prof)), fetchpop.source)
+    profiled = ("-m", "cProfile", "-o", str(prof))
+    tool = Fetchpop(fetchpop.pycache, profiled, fetchpop.source, fetchpop.python)
     run = bench.run(tool, case, state)
     print(
         f"\n## fetchpop profile, {case.title}: {run.wall:.2f} s wall, {run.cpu:.2f} s CPU "
@@ -754,6 +766,25 @@ def profile(bench: Bench, case: Case, fetchpop: Fetchpop, outdir: Path, top: int
         stats = pstats.Stats(str(prof), stream=sys.stdout)
         stats.strip_dirs().sort_stats(order).print_stats(top)
         print("```")
+
+
+def clean_python(venv: Path, source: Path) -> str:
+    """A Python in a new venv that sees *source* and this Python's packages, no hooks.
+
+    The venv's own site-packages holds only a .pth file naming directories:
+    site appends them to sys.path without reading the .pth files inside them.
+    """
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    python = venv / "bin" / "python"
+    purelib = subprocess.run(
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    dirs = [str(source)] + [d for d in sys.path if d.endswith("-packages") and os.path.isdir(d)]
+    Path(purelib, "fetchpop-bench.pth").write_text("\n".join(dirs) + "\n")
+    return str(python)
 
 
 def _tmpfs() -> str | None:
@@ -775,18 +806,22 @@ def report(
     started: str,
 ) -> None:
     env = fetchpop.env(home)
-    python = startup([sys.executable, "-c", "pass"], env)
+    python = startup([fetchpop.python, "-c", "pass"], env)
     module = startup(fetchpop.argv("--version"), env)
-    # The console script beside this Python (not a pyenv shim on PATH).
-    script = Path(sys.executable).with_name("fetchpop")
-    console = startup([str(script), "--version"], env) if script.exists() else None
     print(f"\nMedians; {os.cpu_count()} CPUs, {platform.platform()}\n")
     print(table(results, names, {t.name for t in installed}))
-    print("\nStartup, median of 20 runs:")
-    if console is not None:
-        print(f"- `fetchpop --version` ({script}): {console * 1000:.0f} ms")
+    print(f"\nStartup, median of 20 runs, with {fetchpop.python}:")
     print(f"- `python3 -m fetchpop --version`: {module * 1000:.0f} ms")
-    print(f"- `python3 -c pass`: {python * 1000:.0f} ms\n")
+    print(f"- `python3 -c pass`: {python * 1000:.0f} ms")
+    if fetchpop.python != sys.executable:
+        hooked = startup([sys.executable, "-c", "pass"], env)
+        print(f"- `python3 -c pass` with {sys.executable}: {hooked * 1000:.0f} ms")
+    # The console script beside this Python (not a pyenv shim on PATH).
+    script = Path(sys.executable).with_name("fetchpop")
+    if script.exists():
+        console = startup([str(script), "--version"], env)
+        print(f"- `fetchpop --version` ({script}): {console * 1000:.0f} ms")
+    print()
     print("Versions:\n" + "\n".join(versions(installed, fetchpop.source, started)))
     missing = [t.name for t in tools if t not in installed]
     if missing:
@@ -812,6 +847,11 @@ def parse_args() -> argparse.Namespace:
         help="profile fetchpop on the cases instead of benchmarking",
     )
     parser.add_argument("--top", type=int, default=25)
+    parser.add_argument(
+        "--system-python",
+        action="store_true",
+        help="run fetchpop with this Python and its start-up hooks, not a clean venv",
+    )
     parser.add_argument(
         "--source",
         type=Path,
@@ -839,7 +879,9 @@ def main() -> int:
         for path in (workdir, scratch):
             path.chmod(0o755)  # getmail6 delivers as nobody (see Getmail)
     pycache = workdir / "pycache"
-    fetchpop = Fetchpop(pycache, source=args.source.resolve())
+    source = args.source.resolve()
+    python = sys.executable if args.system_python else clean_python(workdir / "venv", source)
+    fetchpop = Fetchpop(pycache, source=source, python=python)
     tools = [fetchpop if n == "fetchpop" else TOOLS[n]() for n in args.names]
     installed = [t for t in tools if t.available()]
     started = revision(fetchpop.source)  # others may commit while this runs
