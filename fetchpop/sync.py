@@ -539,8 +539,7 @@ class Session:
         if self._fresh:
             plan = make_plan(account, messages, known, now=self.now(), fresh=self._fresh)
         numbers = [m.number for m, _ in plan.delete]
-        # DELE is a few bytes: a wider window costs nothing.
-        refused = client.delete_and_quit(numbers, window=window * 8)
+        refused = client.delete_and_quit(numbers, window=window)
         for number, reply in refused:
             self.result.warnings.append(f"server refused DELE {number}: {describe(reply)}")
         self.result.deleted = len(numbers) - len(refused)

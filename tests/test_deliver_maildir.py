@@ -13,7 +13,7 @@ from readonly import READ_ONLY, deliver_read_only
 
 from fetchpop.deliver import DeliverySpec, open_target
 from fetchpop.deliver.maildir import MaildirTarget, unique_name
-from fetchpop.errors import DeliveryError, LocalProtocolError
+from fetchpop.errors import DeliveryError, LocalIOError, LocalProtocolError
 
 MESSAGE = b"Return-Path: <a@example.org>\nSubject: hi\n\nFrom here\n>From there\n.\nend"
 
@@ -208,6 +208,69 @@ def test_a_failed_flush_discards_what_was_not_published(tmp_path: Path) -> None:
     with pytest.raises(DeliveryError, match="Not a directory"):
         target.flush()
     assert os.listdir(tmp_path / "tmp") == []
+    target.close()
+
+
+def finish_three(target: MaildirTarget) -> list[str]:
+    names = []
+    for i in range(3):
+        delivery = target.begin(f"uidl-{i}")
+        delivery.write(MESSAGE)
+        delivery.finish()
+        names.append(delivery.intent)
+    return names
+
+
+def test_every_file_is_fsynced_before_it_is_published(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # No real fault injector can observe the order of fsync and rename;
+    # wrappers record it, and the real calls still run.
+    events: list[tuple[str, str]] = []
+    real_fsync, real_rename = os.fsync, os.rename
+
+    def fsync(fd: int) -> None:
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}").rsplit("/", 1)[-1]))
+        real_fsync(fd)
+
+    def rename(src: str, dst: str) -> None:
+        events.append(("rename", os.path.basename(src)))
+        real_rename(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "rename", rename)
+    target = MaildirTarget(tmp_path)
+    names = finish_three(target)
+    # The fsyncs started as the files were finished, before any flush.
+    assert all(name in os.listdir(tmp_path / "tmp") for name in names)
+    target.flush()
+    for name in names:
+        assert events.index(("fsync", name)) < events.index(("rename", name))
+    assert len(os.listdir(tmp_path / "new")) == 3
+    target.close()
+
+
+def test_a_failed_fsync_publishes_none_of_the_batch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_fsync = os.fsync
+    failing: set[str] = set()
+
+    def fsync(fd: int) -> None:
+        if os.readlink(f"/proc/self/fd/{fd}").rsplit("/", 1)[-1] in failing:
+            raise OSError(5, "Input/output error")
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    target = MaildirTarget(tmp_path)
+    first = target.begin("uidl-0")
+    failing.add(first.intent)
+    first.write(MESSAGE)
+    first.finish()
+    finish_three(target)
+    with pytest.raises(LocalIOError, match="Input/output error"):
+        target.flush()
+    assert entries(tmp_path) == {"cur": [], "new": [], "tmp": []}
     target.close()
 
 
