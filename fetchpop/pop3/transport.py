@@ -100,6 +100,16 @@ def _hashed_ca_directory() -> str | None:
     return None
 
 
+def _ascii_host(host: str) -> bytes:
+    """*host* as the resolver and TLS want it: IDNA (RFC 3490) for a name
+    with non-ASCII letters, as socket and ssl would do; ASCII as it is,
+    without loading the IDNA codec and its stringprep tables on every run."""
+    try:
+        return host.encode("ascii")
+    except UnicodeEncodeError:
+        return host.encode("idna")
+
+
 def _is_hex(text: str) -> bool:
     return all(c in "0123456789abcdef" for c in text)
 
@@ -132,7 +142,7 @@ class Transport:
     ) -> Transport:
         """Connect over TCP, then (with *tls*) do an implicit-TLS handshake."""
         try:
-            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+            infos = socket.getaddrinfo(_ascii_host(host), port, type=socket.SOCK_STREAM)
         except socket.gaierror as exc:
             if exc.errno in (socket.EAI_AGAIN,):
                 raise ConnectError(f"cannot resolve {host} now: {exc.strerror}") from exc
@@ -161,7 +171,7 @@ class Transport:
         """Wrap the socket in TLS and verify the peer (by CA or by pin)."""
         try:
             self._sock = context.wrap_socket(
-                self._sock, server_hostname=self.host, do_handshake_on_connect=False
+                self._sock, server_hostname=_ascii_host(self.host), do_handshake_on_connect=False
             )
             self._sock.settimeout(self.timeout)
             self._sock.do_handshake()
