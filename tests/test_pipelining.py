@@ -200,3 +200,22 @@ def test_the_store_keeps_capabilities_per_mailbox(tmp_path: Path) -> None:
         assert store.capabilities(two) == {}
         store.remember_capabilities(one, None)
         assert store.capabilities(one) is None
+
+
+def test_retrs_go_out_a_thousand_at_a_time(
+    ca: trustme.CA, ca_file: Path, home: Home, tmp_path: Path
+) -> None:
+    """A window must outlast a round trip of small messages: 1,000 RETRs in one
+    write (one TLS record), never more outstanding, then the rest in one write."""
+    messages = [b"Subject: %d\n\nsmall\n" % n for n in range(1, 1201)]
+    context = make_server_context(ca, "localhost")
+    with FakePOP3(messages, users={USER: SECRET}, tls_context=context, implicit_tls=True) as server:
+        mail = tmp_path / "Mail"
+        home.write_config(config(server, mail, ca_file, auth="user"))
+        result = home.run("sync")
+        assert result.code == 0, result
+        retr_writes = [w for w in writes(server, 0) if w and w[0] == b"RETR"]
+        assert [len(w) for w in retr_writes] == [1000, 200]
+        assert all(set(w) == {b"RETR"} for w in retr_writes)
+    assert len(maildir_messages(mail)) == 1200
+    assert server.errors == []
