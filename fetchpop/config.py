@@ -510,6 +510,10 @@ def find_config_path(explicit: str | None, environ: Mapping[str, str]) -> Path:
         return Path(explicit).expanduser()
     if environ.get("FETCHPOP_CONFIG"):
         return Path(environ["FETCHPOP_CONFIG"]).expanduser()
+    xdg = environ.get("XDG_CONFIG_HOME", "").strip()
+    if sys.platform not in ("win32", "darwin") and xdg:
+        # The environment we were given, taken at its word (as fetchpop always has).
+        return Path(xdg) / "fetchpop" / "config.toml"
     return user_dir("config", environ) / "config.toml"
 
 
@@ -521,19 +525,20 @@ def user_dir(kind: Literal["config", "state"], environ: Mapping[str, str]) -> Pa
     """``<user config dir>/fetchpop`` or ``<user state dir>/fetchpop`` (platformdirs).
 
     On Linux that is the XDG base directory: ``$XDG_CONFIG_HOME`` (or
-    ``$XDG_STATE_HOME``) when it is an absolute path, else ``~/.config`` (or
-    ``~/.local/state``), taken here from *environ* without importing
-    platformdirs, whose Unix module pulls in tempfile, shutil, random and the
-    compression modules (15 ms of every run). Everywhere else, and wherever
-    the environment is unusual (no absolute $HOME), platformdirs decides.
+    ``$XDG_STATE_HOME``) when it is an absolute path, ``~/.config`` (or
+    ``~/.local/state``) when it is unset, taken here from *environ* without
+    importing platformdirs, whose Unix module pulls in tempfile, shutil,
+    random and the compression modules (15 ms of every run). Everywhere else,
+    and wherever platformdirs versions differ (a relative or padded value, no
+    absolute $HOME), platformdirs decides, so the seen-store never moves.
     """
     var, default = _XDG[kind]
     if sys.platform == "linux" and not hasattr(sys, "getandroidapilevel"):
         value = environ.get(var, "")
-        if os.path.isabs(value):
+        if os.path.isabs(value) and value == value.strip():
             return Path(value, "fetchpop")
         home = environ.get("HOME", "")
-        if os.path.isabs(home):
+        if not value and os.path.isabs(home):
             return Path(home, default, "fetchpop")
     import platformdirs
 

@@ -279,3 +279,13 @@ def test_arbitrary_bytes_give_events_or_protocol_error(garbage: bytes, command: 
             pass
     except (ProtocolError, ConnectionLostError):
         pass
+
+
+def test_an_event_equals_only_an_event_of_its_own_type() -> None:
+    # Events are tuples underneath; a test comparing them must still tell
+    # a message's data from a SASL challenge with the same bytes.
+    assert MessageData(b"x") == MessageData(b"x")
+    assert MessageData(b"x") != Continuation(b"x")
+    assert MessageData(b"x") != (b"x",)
+    assert MessageStart("RETR", b"") != ("RETR", b"")
+    assert len({MessageData(b"x"), MessageData(b"x"), MessageEnd(3)}) == 2

@@ -40,9 +40,11 @@ from fetchpop.pop3.transport import Transport
 #: Outstanding commands at most, when the server allows pipelining. Small
 #: messages must keep more than a round trip's worth of data on the way: with
 #: 100 outstanding RETRs of 4 KB, a 50 ms round trip drained the pipe at
-#: every refill. A full window is about 12 KB of command lines, which the
-#: socket buffers of both ends hold while the server answers in turn, so the
-#: client never blocks writing while the server blocks writing to it.
+#: every refill. A full window is 12 to 17 KB of command lines, which the
+#: default socket buffers of the two ends hold together (Linux: 16 KB to send,
+#: 128 KB to receive) while the server answers in turn, so the client does
+#: not block writing while the server blocks writing to it; if a server
+#: stops reading for longer than the timeout, the write fails with a timeout.
 PIPELINE_WINDOW = 1000
 #: RFC 5034 section 4: an AUTH command line must fit 255 octets, initial response included.
 MAX_AUTH_LINE = 255

@@ -25,7 +25,7 @@ from __future__ import annotations
 import collections
 import enum
 import re
-from typing import NamedTuple
+from typing import NamedTuple, TypeVar
 
 from fetchpop.errors import ConnectionLostError, LocalProtocolError, ProtocolError, sanitize
 
@@ -49,6 +49,26 @@ class Kind(enum.Enum):
     SASL = "sasl"  # "+ challenge" lines until a final status line
 
 
+_T = TypeVar("_T", bound=tuple[object, ...])
+
+
+def _event(cls: type[_T]) -> type[_T]:
+    """An event type: a NamedTuple (cheap to define, unlike a dataclass) that
+    equals only events of its own type, never a tuple or another event with
+    the same fields (``MessageData(b"x")`` is not ``Continuation(b"x")``)."""
+
+    def eq(self: tuple[object, ...], other: object) -> bool:
+        return type(other) is type(self) and tuple.__eq__(self, other)
+
+    def ne(self: tuple[object, ...], other: object) -> bool:
+        return not eq(self, other)
+
+    for name, method in (("__eq__", eq), ("__ne__", ne), ("__hash__", tuple.__hash__)):
+        setattr(cls, name, method)
+    return cls
+
+
+@_event
 class Greeting(NamedTuple):
     """The server's first line. ``timestamp`` is the APOP challenge, if any."""
 
@@ -58,6 +78,7 @@ class Greeting(NamedTuple):
     code: str | None = None  # an RFC 2449 response code of a -ERR greeting
 
 
+@_event
 class Reply(NamedTuple):
     """A status line: the whole reply to a single-line command, or a failed
     multi-line one. ``code`` is the RFC 2449 response code (``"IN-USE"``)."""
@@ -68,6 +89,7 @@ class Reply(NamedTuple):
     code: str | None = None
 
 
+@_event
 class Listing(NamedTuple):
     """A successful CAPA, LIST or UIDL: its lines, unstuffed, without line ends."""
 
@@ -76,6 +98,7 @@ class Listing(NamedTuple):
     lines: list[bytes]
 
 
+@_event
 class MessageStart(NamedTuple):
     """The ``+OK`` of a RETR or TOP; data events follow."""
 
@@ -83,18 +106,21 @@ class MessageStart(NamedTuple):
     text: bytes
 
 
+@_event
 class MessageData(NamedTuple):
     """A piece of a message: dot-unstuffed, LF line ends."""
 
     data: bytes
 
 
+@_event
 class MessageEnd(NamedTuple):
     """The terminating ``.`` of a message; ``octets`` counts the wire bytes."""
 
     octets: int
 
 
+@_event
 class Continuation(NamedTuple):
     """A SASL challenge line (``+ base64``), RFC 5034 section 4."""
 
