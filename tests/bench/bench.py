@@ -32,8 +32,9 @@ run starts after ``sync(2)``, and the Maildirs are removed only when a case
 ends, so that no run pays for the write-back or the freed blocks of another.
 
 fetchpop runs from a virtual environment made for the run, which finds the
-fetchpop package in the checkout and its dependencies where this Python has
-them, through a ``.pth`` file that only lists those directories: as a pipx or
+fetchpop package in the checkout (PYTHONPATH) and its dependencies where
+this Python has them, through a ``.pth`` file that only lists those
+directories: as a pipx or
 venv installation would, it runs none of the start-up hooks of this Python's
 own site-packages (``.pth`` files that import code, such as a setuptools
 editable-install finder or a CA-injecting hook, cost every Python program
@@ -768,11 +769,12 @@ def profile(bench: Bench, case: Case, fetchpop: Fetchpop, outdir: Path, top: int
         print("```")
 
 
-def clean_python(venv: Path, source: Path) -> str:
-    """A Python in a new venv that sees *source* and this Python's packages, no hooks.
+def clean_python(venv: Path) -> str:
+    """A Python in a new venv that sees this Python's packages, without their hooks.
 
     The venv's own site-packages holds only a .pth file naming directories:
     site appends them to sys.path without reading the .pth files inside them.
+    The fetchpop package comes first from PYTHONPATH (Fetchpop.env).
     """
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
     python = venv / "bin" / "python"
@@ -782,7 +784,7 @@ def clean_python(venv: Path, source: Path) -> str:
         capture_output=True,
         text=True,
     ).stdout.strip()
-    dirs = [str(source)] + [d for d in sys.path if d.endswith("-packages") and os.path.isdir(d)]
+    dirs = [d for d in sys.path if d.endswith("-packages") and os.path.isdir(d)]
     Path(purelib, "fetchpop-bench.pth").write_text("\n".join(dirs) + "\n")
     return str(python)
 
@@ -880,7 +882,7 @@ def main() -> int:
             path.chmod(0o755)  # getmail6 delivers as nobody (see Getmail)
     pycache = workdir / "pycache"
     source = args.source.resolve()
-    python = sys.executable if args.system_python else clean_python(workdir / "venv", source)
+    python = sys.executable if args.system_python else clean_python(workdir / "venv")
     fetchpop = Fetchpop(pycache, source=source, python=python)
     tools = [fetchpop if n == "fetchpop" else TOOLS[n]() for n in args.names]
     installed = [t for t in tools if t.available()]
