@@ -1,0 +1,114 @@
+"""What the real-server harnesses other than Dovecot share (tests/courier.py,
+tests/cyrus.py, tests/popa3d.py).
+
+Their Debian packages conflict with dovecot-pop3d, so ``.ci/servers`` unpacks
+them into one tree (``$FETCHPOP_SERVER_ROOT``, default /opt/fetchpop-servers)
+and the harnesses run the binaries from there, each server on free loopback
+ports with its own configuration and state in a temporary directory.
+
+Every harness offers the same small interface, which the matrix tests use:
+
+* ``name``: "courier", "cyrus", "popa3d"
+* ``host``: "127.0.0.1"; ``ports``: TLS mode -> port, for the modes it serves
+  (``{"starttls": P, "implicit": Q}``, or ``{"off": P}`` for popa3d)
+* ``ca_file``: the PEM file of the throw-away CA that signed the server's
+  certificate (for the host name 127.0.0.1), or None without TLS
+* ``add_user(user, password)``, ``add_message(user, raw)`` (raw: the stored
+  bytes, LF line ends as a local MTA writes them), ``count(user)``
+* ``raw_messages(user, password) -> list[tuple[str, bytes]]``: (UIDL, message)
+  as an independent client (the stdlib's poplib) retrieves them now, CRLF
+  turned into LF and dot-unstuffed: what fetchpop must deliver
+* ``start()`` / ``stop()`` and use as a context manager.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import poplib
+import socket
+import ssl
+from pathlib import Path
+
+ROOT_ENV = "FETCHPOP_SERVER_ROOT"
+DEFAULT_ROOT = "/opt/fetchpop-servers"
+REQUIRE_ENV = "FETCHPOP_REQUIRE_SERVERS"
+
+
+def server_root() -> Path:
+    """Where ``.ci/servers`` unpacked the server packages."""
+    return Path(os.environ.get(ROOT_ENV) or DEFAULT_ROOT)
+
+
+def require(what: str, available: bool, why: str) -> None:
+    """Skip the calling test when *what* cannot run here (fail with FETCHPOP_REQUIRE_SERVERS=1)."""
+    if available:
+        return
+    import pytest
+
+    message = f"{what} not available: {why} (run .ci/servers, as root)"
+    if os.environ.get(REQUIRE_ENV) == "1":
+        pytest.fail(f"{message}, but {REQUIRE_ENV}=1", pytrace=False)
+    pytest.skip(message)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for_port(port: int, timeout: float = 20.0) -> bool:
+    """Whether something accepts connections on 127.0.0.1:*port* within *timeout*."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def unstuff(lines: list[bytes]) -> bytes:
+    """poplib's RETR lines (CRLF already removed, still dot-stuffed) as stored bytes."""
+    return b"".join((line[1:] if line.startswith(b".") else line) + b"\n" for line in lines)
+
+
+def poplib_messages(
+    host: str,
+    port: int,
+    user: str,
+    password: str,
+    *,
+    mode: str = "off",
+    ca_file: Path | None = None,
+    timeout: float = 30.0,
+) -> list[tuple[str, bytes]]:
+    """(UIDL, message) for every message, as poplib retrieves them, then QUIT."""
+    # poplib refuses lines over 2,048 octets; the corpus has a 3,000-character one.
+    poplib._MAXLINE = max(poplib._MAXLINE, 1 << 20)  # type: ignore[attr-defined]
+    context = None
+    if mode != "off":
+        context = ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
+    if mode == "implicit":
+        assert context is not None
+        client: poplib.POP3 = poplib.POP3_SSL(host, port, timeout=timeout, context=context)
+    else:
+        client = poplib.POP3(host, port, timeout=timeout)
+        if mode == "starttls":
+            client.stls(context)
+    try:
+        client.user(user)
+        client.pass_(password)
+        out = []
+        for entry in client.uidl()[1]:
+            number, uidl = entry.split(None, 1)
+            _, lines, _ = client.retr(int(number))
+            out.append((uidl.decode("latin-1"), unstuff(lines)))
+        client.quit()
+        return out
+    finally:
+        with contextlib.suppress(OSError):
+            client.close()
