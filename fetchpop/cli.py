@@ -431,6 +431,8 @@ def _sync_account(
     if result is not None:
         for warning in result.warnings:
             env.warn(f"{account.name}: {warning}")
+        for note in result.notes:
+            env.info(f"{account.name}: {note}")
         for uidl, why in result.skipped:
             env.info(f"{account.name}: skipped {sanitize(uidl)}: {why}")
         env.info(

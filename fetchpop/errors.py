@@ -88,6 +88,11 @@ class TLSError(UnavailableError):
     """TLS could not be set up, or the server's certificate did not verify."""
 
 
+class WrongServiceError(UnavailableError):
+    """The port speaks another protocol, or TLS where clear text was expected
+    (or the other way round): retrying will not help, the config must change."""
+
+
 class InsecureError(UnavailableError):
     """Going on would be insecure (for example, STARTTLS is not offered)."""
 
@@ -112,6 +117,13 @@ class ServerTimeoutError(TempFailError):
 
 class ConnectionLostError(TempFailError):
     """The server closed or reset the connection unexpectedly."""
+
+
+class PipeliningLostError(ConnectionLostError):
+    """The server advertised PIPELINING but left pipelined commands unanswered.
+
+    The session goes on from a new connection, in lock-step.
+    """
 
 
 class LockedError(TempFailError):
@@ -154,6 +166,14 @@ class ProtocolError(FetchpopError):
     """The server broke the POP3 protocol (a malformed, overlong or unexpected reply)."""
 
     exit_code = ExitCode.PROTOCOL
+
+
+class NotPOP3Error(ProtocolError):
+    """The greeting is another protocol's (``service``: "ssh", "smtp", ...)."""
+
+    def __init__(self, message: str, service: str) -> None:
+        super().__init__(message)
+        self.service = service
 
 
 class LocalProtocolError(FetchpopError):

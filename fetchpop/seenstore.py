@@ -94,7 +94,20 @@ MIGRATIONS: tuple[str, ...] = (
         updated REAL NOT NULL
     );
     """,
+    # 5: what a server was seen to do wrong (it lost pipelined commands), so
+    # later sessions work around it from the start.
+    """
+    CREATE TABLE quirk (
+        mailbox INTEGER NOT NULL REFERENCES mailbox(id),
+        name TEXT NOT NULL,
+        noted REAL NOT NULL,
+        PRIMARY KEY (mailbox, name)
+    ) WITHOUT ROWID;
+    """,
 )
+
+#: The server advertises PIPELINING and loses pipelined commands.
+NO_PIPELINING = "no-pipelining"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -267,6 +280,20 @@ class SeenStore:
                     "INSERT OR REPLACE INTO capability VALUES (?, ?, ?)",
                     (mailbox, lines, time.time()),
                 )
+
+    def quirks(self, mailbox: int) -> set[str]:
+        """What *mailbox*'s server was seen to get wrong (:data:`NO_PIPELINING`)."""
+        if self._check_version() < 5:  # a read-only look at an older store
+            return set()
+        rows = self._read("SELECT name FROM quirk WHERE mailbox = ?", (mailbox,))
+        return {str(name) for (name,) in rows}
+
+    def note_quirk(self, mailbox: int, name: str) -> None:
+        """Remember that *mailbox*'s server has quirk *name*."""
+        with self._transaction() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO quirk VALUES (?, ?, ?)", (mailbox, name, time.time())
+            )
 
     # -- seen UIDLs ------------------------------------------------------------
 

@@ -35,15 +35,24 @@ from fetchpop.errors import (
     CapabilityError,
     DeliveryError,
     FetchpopError,
+    NotPOP3Error,
+    PipeliningLostError,
     ProtocolError,
     TempFailError,
+    WrongServiceError,
     sanitize,
 )
 from fetchpop.pop3 import auth
 from fetchpop.pop3.client import PIPELINE_WINDOW, Capabilities, Client, Log, describe
-from fetchpop.pop3.protocol import Reply
-from fetchpop.pop3.transport import Transport, UnknownIssuerError, make_ssl_context
-from fetchpop.seenstore import Intent, SeenStore
+from fetchpop.pop3.protocol import Reply, identify_service
+from fetchpop.pop3.transport import (
+    NotTLSError,
+    Transport,
+    UnknownIssuerError,
+    first_words,
+    make_ssl_context,
+)
+from fetchpop.seenstore import NO_PIPELINING, Intent, SeenStore
 
 #: Group commit: flush after this many messages or bytes, whichever first.
 BATCH_MESSAGES = 64
@@ -53,6 +62,10 @@ DAY = 86400.0
 MAX_ATTEMPTS = 3
 #: The UIDL-reset brake: this many unknown messages at least ...
 RESET_MIN_UNKNOWN = 20
+#: Seconds without a greeting after which fetchpop looks (on a second
+#: connection) whether the port speaks TLS or another protocol, so a wrong
+#: port or TLS mode is said in seconds instead of after the whole timeout.
+GREETING_PROBE = 2.0
 
 PasswordSource = Callable[[], str]
 Progress = Callable[[str, int], None]
@@ -89,6 +102,8 @@ class SyncResult:
     deleted: int = 0
     skipped: list[tuple[str, str]] = dataclasses.field(default_factory=list)
     warnings: list[str] = dataclasses.field(default_factory=list)
+    #: What ``-v`` says besides the summary (a workaround for a server's quirk).
+    notes: list[str] = dataclasses.field(default_factory=list)
     server_messages: int = 0
 
 
@@ -102,6 +117,7 @@ def open_connection(
     seen_caps: dict[str, object] | None = None,
     whole_store: bool = False,
     known: Capabilities | None = None,
+    pipelining: bool = True,
 ) -> Client:
     """Connect and secure the channel (implicit TLS or STLS), up to the login.
 
@@ -112,13 +128,15 @@ def open_connection(
     *known* are the capabilities the server gave before the login last time
     (over TLS): then no CAPA is waited for. STLS goes out at once, and CAPA
     goes out with the login (see :meth:`Client.assume_capabilities`).
+
+    *pipelining* False: lock-step, whatever the server advertises.
     """
     try:
-        return _open_connection(account, log, seen_caps, whole_store, known)
+        return _open_connection(account, log, seen_caps, whole_store, known, pipelining)
     except UnknownIssuerError:
         if whole_store:
             raise
-        return _open_connection(account, log, seen_caps, True, known)
+        return _open_connection(account, log, seen_caps, True, known, pipelining)
 
 
 def _open_connection(
@@ -127,6 +145,7 @@ def _open_connection(
     seen_caps: dict[str, object] | None,
     whole_store: bool,
     known: Capabilities | None,
+    pipelining: bool,
 ) -> Client:
     caps = seen_caps if seen_caps is not None else {}
     context = None
@@ -136,17 +155,28 @@ def _open_connection(
         )
     else:
         known = None  # only what an authenticated server said may save a round trip
-    if known is not None and "PIPELINING" not in known:
+    if known is not None and ("PIPELINING" not in known or not pipelining):
         known = None  # RFC 2449 section 6.6: no pipelining unless the server offers it
-    transport = Transport.connect(
-        account.host,
-        account.port,
-        timeout=account.timeout,
-        tls=context if account.tls == "implicit" else None,
-        pinned=account.tls_fingerprint,
-    )
     try:
-        client = Client(transport, log=log)
+        transport = Transport.connect(
+            account.host,
+            account.port,
+            timeout=account.timeout,
+            tls=context if account.tls == "implicit" else None,
+            pinned=account.tls_fingerprint,
+        )
+    except NotTLSError as exc:
+        service = identify_service(first_words(account.host, account.port))
+        raise (exc if service in (None, "TLS") else wrong_port(account, service)) from exc
+    try:
+        if account.tls != "implicit" and not transport.wait_readable(GREETING_PROBE):
+            service = identify_service(first_words(account.host, account.port))
+            if service not in (None, "pop3"):
+                raise wrong_port(account, service)
+        try:
+            client = Client(transport, log=log, pipelining=pipelining)
+        except NotPOP3Error as exc:
+            raise wrong_port(account, exc.service) from exc
         if account.tls == "starttls":
             assert context is not None
             if known is None:
@@ -162,30 +192,43 @@ def _open_connection(
     return client
 
 
+def wrong_port(account: Account, service: str) -> WrongServiceError:
+    """The error for a port that answers in *service* ("TLS", "pop3", "SSH" ...)."""
+    port = account.port
+    if service == "TLS":
+        return WrongServiceError(
+            f'port {port} expects TLS from the first byte: set tls = "implicit"'
+        )
+    if service == "pop3":
+        return WrongServiceError(
+            f"port {port} speaks POP3 in clear text, not TLS from the first byte: "
+            'set tls = "starttls" (or use port 995 with tls = "implicit")'
+        )
+    return WrongServiceError(
+        f"port {port} of {account.host} speaks {service}, not POP3: check the port "
+        '(POP3 uses 110, or 995 with tls = "implicit")'
+    )
+
+
 def connect(
     account: Account,
     password: PasswordSource,
     *,
     log: Log | None = None,
     known: Capabilities | None = None,
-    listing: bool = False,
     meanwhile: Callable[[], None] | None = None,
+    pipelining: bool = True,
 ) -> Client:
     """Open, secure and log in to *account*'s server. The caller QUITs or closes.
 
-    *listing* says the caller goes on with :meth:`Client.maildrop`.
     *meanwhile* runs while the server checks the login (:meth:`Client.when_waiting`).
 
     CAPA is asked again after login by :meth:`Client.maildrop`, pipelined with
-    UIDL and LIST where the server allows it, and behind a one-step login
-    (USER/PASS, APOP, PLAIN). With *known* capabilities (see
-    :func:`open_connection`) the first CAPA goes out with them too: the whole
-    start-up takes one round trip after the greeting.
+    UIDL and LIST where the server allows it. With *known* capabilities (see
+    :func:`open_connection`) the first CAPA goes out with the login.
     """
-    client = open_connection(account, log=log, known=known)
+    client = open_connection(account, log=log, known=known, pipelining=pipelining)
     try:
-        if listing:
-            client.list_after_login()
         if meanwhile is not None:
             client.when_waiting(meanwhile)
         login(client, account, password)
@@ -434,27 +477,43 @@ class Session:
         mailbox = self.store.mailbox_id(*account.mailbox)
         assert mailbox is not None
         self._mailbox = mailbox
-        secure = account.tls != "off"
-        known = self.store.capabilities(mailbox) if secure else None
+        pipelining = NO_PIPELINING not in self.store.quirks(mailbox)
         with _target(account.deliver, account) as target:
-            client = connect(
-                account,
-                self.password,
-                log=self.log,
-                known=known,
-                listing=True,
-                meanwhile=self._read_known,
-            )
             try:
-                if secure:  # what the server said before the login, for next time
-                    self.store.remember_capabilities(mailbox, client.capabilities)
-                self._transact(client, target)
-            except BaseException:
-                client.close()
-                raise
+                self._session(target, pipelining)
+            except PipeliningLostError as exc:
+                # What was delivered is recorded, nothing was deleted (no
+                # QUIT was confirmed): the next session goes on from there.
+                self.store.note_quirk(mailbox, NO_PIPELINING)
+                self.result.notes.append(
+                    f"{exc}; going on without pipelining, now and in later runs"
+                )
+                self._known = None
+                self._session(target, pipelining=False)
         if self.failure is not None:
             raise self.failure
         return self.result
+
+    def _session(self, target: Target, pipelining: bool) -> None:
+        """One connection: log in, then :meth:`_transact`."""
+        account = self.account
+        secure = account.tls != "off"
+        known = self.store.capabilities(self._mailbox) if secure else None
+        client = connect(
+            account,
+            self.password,
+            log=self.log,
+            known=known,
+            meanwhile=self._read_known,
+            pipelining=pipelining,
+        )
+        try:
+            if secure:  # what the server said before the login, for next time
+                self.store.remember_capabilities(self._mailbox, client.capabilities)
+            self._transact(client, target)
+        except BaseException:
+            client.close()
+            raise
 
     def _read_known(self) -> None:
         self._known = read_known(self.store, self._mailbox)
@@ -529,7 +588,7 @@ class Session:
                     f"or `fetchpop sync --accept-new-uidls {name}` to download them all"
                 )
         self._note_skips(plan, known.problems)
-        window = PIPELINE_WINDOW if client.has("PIPELINING") else 1
+        window = PIPELINE_WINDOW if client.pipelining else 1
         try:
             self._fetch(client, target, plan.fetch, window)
         finally:
@@ -678,7 +737,16 @@ def list_server(
     account: Account, password: PasswordSource, *, log: Log | None = None
 ) -> tuple[list[ServerMessage], int]:
     """Log in, list the maildrop (see :func:`server_messages`), QUIT. Changes nothing."""
-    client = connect(account, password, log=log, listing=True)
+    try:
+        return _list_server(account, password, log, pipelining=True)
+    except PipeliningLostError:
+        return _list_server(account, password, log, pipelining=False)
+
+
+def _list_server(
+    account: Account, password: PasswordSource, log: Log | None, *, pipelining: bool
+) -> tuple[list[ServerMessage], int]:
+    client = connect(account, password, log=log, pipelining=pipelining)
     try:
         listing = server_messages(client)
         client.quit()

@@ -167,7 +167,8 @@ class Session:
     """``received`` as it arrived, read by read: under TLS one client write
     (one record) is one chunk, so commands sharing a chunk were pipelined."""
     discarded: bytes = b""
-    """Plaintext the client sent after STLS, before the handshake, thrown away."""
+    """Plaintext the client sent after STLS, before the handshake, thrown away
+    (and what ``discard_after`` threw away)."""
     done: threading.Event = field(default_factory=threading.Event, repr=False, compare=False)
 
 
@@ -603,6 +604,11 @@ class Conn:
             self._fill(min(left, _TICK))
         return False
 
+    def discard_buffered(self) -> None:
+        """Throw away what has arrived and not been read (see ``discard_after``)."""
+        self.session.discarded += bytes(self._buf)
+        self._buf.clear()
+
     def hangup(self) -> None:
         """Close the connection (a FIN; no TLS close_notify)."""
         if self.open:
@@ -824,6 +830,12 @@ class FakePOP3:
     socket. *mailbox* may be a ``Mailbox`` or a list of messages. *capa* None
     makes CAPA answer -ERR. *tls_context* enables STLS, or TLS from the first
     byte with *implicit_tls*. Exceptions that are bugs go to ``errors``.
+
+    *discard_after* names commands after which whatever else had already
+    arrived is thrown away unread, as real servers do: Courier's login
+    process execs the mail process after PASS, Cyrus drops what came behind
+    an AUTH exchange; ``"*"`` is every command (a server that reads a
+    command at a time and forgets the rest of the packet).
     """
 
     host = "127.0.0.1"
@@ -840,6 +852,7 @@ class FakePOP3:
         mechanisms: Mapping[str, Mechanism] = DEFAULT_MECHANISMS,
         tls_context: ssl.SSLContext | None = None,
         implicit_tls: bool = False,
+        discard_after: Iterable[str] = (),
     ) -> None:
         if implicit_tls and tls_context is None:
             raise ValueError("implicit_tls needs a tls_context")
@@ -851,6 +864,7 @@ class FakePOP3:
         self.mechanisms = dict(mechanisms)
         self.tls_context = tls_context
         self.implicit_tls = implicit_tls
+        self.discard_after = frozenset(c.upper() for c in discard_after)
         self.sessions: list[Session] = []
         self.errors: list[BaseException] = []
         self.port = 0
@@ -959,8 +973,13 @@ class FakePOP3:
                 session.commands.append(line)
                 if conn.sasl is not None:
                     conn.send(conn.continue_sasl(line))
+                    name = "AUTH" if conn.sasl is None else ""
                 else:
-                    conn.dispatch(Command(line))
+                    cmd = Command(line)
+                    conn.dispatch(cmd)
+                    name = cmd.name if conn.sasl is None else ""
+                if name and ({name, "*"} & self.discard_after):
+                    conn.discard_buffered()
         except _CLIENT_GONE as exc:
             session.closed_by_client = True
             session.error = f"{type(exc).__name__}: {exc}"

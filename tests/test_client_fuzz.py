@@ -84,7 +84,7 @@ class MemoryTransport:
         assert not self.closed, "send after close"
         self.sent += data
 
-    def recv(self) -> bytes:
+    def recv(self, wait: float | None = None) -> bytes:
         if self._pieces:
             return self._pieces.popleft()
         self._past_end += 1

@@ -27,11 +27,14 @@ SERVER = [
 class Script:
     """Hands out the server's replies in order; keeps what the client sends."""
 
+    host = "script.example"
+    timeout = 30.0
+
     def __init__(self, replies: list[bytes]) -> None:
         self._replies = collections.deque(replies)
         self.sent = b""
 
-    def recv(self) -> bytes:
+    def recv(self, wait: float | None = None) -> bytes:
         return self._replies.popleft() if self._replies else b""
 
     def send(self, data: bytes) -> None:

@@ -388,7 +388,7 @@ def test_dripping_server_finishes(home: Home, mail: Path) -> None:
 # -- a server that breaks the protocol --------------------------------------------------
 
 GARBAGE = [
-    ("greeting", Fault("greeting", reply(b"HTTP/1.1 400 Bad Request\r\n")), 0, "unexpected"),
+    ("greeting", Fault("greeting", reply(b"hello, this is not POP3\r\n")), 0, "unexpected"),
     ("user", Fault("USER", reply(b"OK fine\r\n")), 0, "unexpected"),
     ("uidl", Fault("UIDL", reply(b"+OKAY here you go\r\n")), 0, "unexpected"),
     ("uidl-line", Fault("UIDL", reply(b"+OK\r\n1 uid-1\r\nbogus\r\n.\r\n")), 0, "malformed"),

@@ -1,11 +1,13 @@
-"""Round trips at start-up: what goes out together, as the server sees it.
+"""What goes out together, as the server sees it (the rule at the top of
+fetchpop/pop3/client.py).
 
 RFC 2449 section 6.6 lets a client pipeline once the server advertises
-PIPELINING. fetchpop sends CAPA, UIDL and LIST behind a one-step login, and
-remembers the pre-login capabilities so that the next session sends CAPA with
-the login instead of waiting for it. The fake server records what arrived in
-each read: under TLS one client write is one record, so commands that share a
-chunk were sent together.
+PIPELINING; fetchpop never pipelines across STLS or the end of a login, where
+real servers (Courier, Cyrus) drop what came behind. It remembers the
+pre-login capabilities so that the next session sends CAPA with the login's
+first line instead of waiting for it. The fake server records what arrived
+in each read: under TLS one client write is one record, so commands that
+share a chunk were sent together.
 """
 
 from __future__ import annotations
@@ -73,7 +75,7 @@ LOGINS = {
 
 
 @pytest.mark.parametrize("method", sorted(LOGINS))
-def test_one_round_trip_from_greeting_to_retr(
+def test_round_trips_from_greeting_to_retr(
     method: str, ca: trustme.CA, ca_file: Path, home: Home, tmp_path: Path
 ) -> None:
     mail = tmp_path / "Mail"
@@ -82,16 +84,48 @@ def test_one_round_trip_from_greeting_to_retr(
         home.write_config(config(server, mail, ca_file, auth=method))
         first = home.run("sync")
         assert first.code == 0, first
-        # Nothing known yet: CAPA alone, then the login with the listing behind it.
-        assert writes(server, 0)[:2] == [[b"CAPA"], [*login, b"CAPA", b"UIDL", b"LIST"]]
-        assert writes(server, 0)[2][0] == b"RETR"
+        # Nothing known yet: CAPA alone, the login, then the listing after its reply.
+        assert writes(server, 0)[:3] == [[b"CAPA"], login, [b"CAPA", b"UIDL", b"LIST"]]
+        assert writes(server, 0)[3][0] == b"RETR"
 
         server.mailbox.add(b"Subject: three\n\nthird\n")
         second = home.run("sync")
         assert second.code == 0, second
-        # The capabilities from last time: everything in the first write.
-        assert writes(server, 1)[0] == [b"CAPA", *login, b"CAPA", b"UIDL", b"LIST"]
-        assert writes(server, 1)[1] == [b"RETR"]
+        # The capabilities from last time: CAPA goes out with the login.
+        assert writes(server, 1)[:3] == [[b"CAPA", *login], [b"CAPA", b"UIDL", b"LIST"], [b"RETR"]]
+    assert len(maildir_messages(mail)) == 3
+    assert server.errors == []
+
+
+#: The commands that end a login or its TLS set-up: nothing may follow them
+#: in the same write, or before their reply.
+LOGIN_ENDS = {b"STLS", b"PASS", b"APOP", b"AUTH", b"+"}
+
+
+@pytest.mark.parametrize("tls", ["implicit", "starttls"])
+@pytest.mark.parametrize("method", ["user", "apop", "plain", "login", "scram-sha-256", "xoauth2"])
+def test_nothing_is_sent_behind_a_login_or_stls(
+    method: str, tls: str, ca: trustme.CA, ca_file: Path, home: Home, tmp_path: Path
+) -> None:
+    """Against a server that throws away whatever came behind STLS or a login
+    (as Courier and Cyrus do), on a first run and with remembered capabilities."""
+    mail = tmp_path / "Mail"
+    password = "tok123" if method == "xoauth2" else SECRET
+    with tls_server(
+        ca,
+        implicit_tls=tls == "implicit",
+        tokens={USER: "tok123"},
+        discard_after=["STLS", "PASS", "APOP", "AUTH"],
+    ) as server:
+        home.write_config(config(server, mail, ca_file, auth=method, tls=tls, password=password))
+        for run in range(2):
+            if run:
+                server.mailbox.add(b"Subject: more\n\nmore\n")
+            result = home.run("sync")
+            assert result.code == 0, result
+            for chunk in writes(server, run):
+                assert all(name not in LOGIN_ENDS for name in chunk[:-1]), writes(server, run)
+            assert server.sessions[run].discarded == b"", server.sessions[run]
     assert len(maildir_messages(mail)) == 3
     assert server.errors == []
 
@@ -136,7 +170,7 @@ def test_changed_capabilities_are_learnt_again(
         second = home.run("sync")
         assert second.code == 0, second
         # Sent on last session's word; the server still answers in order.
-        assert writes(server, 1)[0] == [b"CAPA", b"USER", b"PASS", b"CAPA", b"UIDL", b"LIST"]
+        assert writes(server, 1)[:2] == [[b"CAPA", b"USER", b"PASS"], [b"CAPA"]]
         third = home.run("sync")
         assert third.code == 0, third
         assert all(len(w) == 1 for w in writes(server, 2))
@@ -144,7 +178,7 @@ def test_changed_capabilities_are_learnt_again(
     assert server.errors == []
 
 
-def test_a_refused_login_refuses_the_pipelined_listing_too(
+def test_a_refused_login_is_not_followed_by_the_listing(
     ca: trustme.CA, ca_file: Path, home: Home, tmp_path: Path
 ) -> None:
     with tls_server(ca) as server:
@@ -153,8 +187,8 @@ def test_a_refused_login_refuses_the_pipelined_listing_too(
         assert result.code == 77, result
         [line] = result.stderr.splitlines()
         assert line.startswith("fetchpop: acct: authentication failed: -ERR")
-        assert writes(server, 0)[1] == [b"USER", b"PASS", b"CAPA", b"UIDL", b"LIST"]
-        assert server.commands_named("RETR") == []
+        assert [w for w in writes(server, 0) if w][1:] == [[b"USER", b"PASS"]]
+        assert server.commands_named("UIDL") == []
     assert maildir_messages(tmp_path / "Mail") == []
     assert server.errors == []
 
@@ -170,7 +204,7 @@ def test_starttls_with_known_capabilities_sends_stls_at_once(
         assert home.run("sync").code == 0
         second = writes(server, 1)
         assert second[0] == [b"STLS"]  # nothing else before the handshake
-        assert second[1] == [b"CAPA", b"AUTH", b"CAPA", b"UIDL", b"LIST"]
+        assert second[1:3] == [[b"CAPA", b"AUTH"], [b"CAPA", b"UIDL", b"LIST"]]
     assert len(maildir_messages(tmp_path / "Mail")) == 3
     assert server.errors == []
 
@@ -219,3 +253,63 @@ def test_retrs_go_out_a_thousand_at_a_time(
         assert all(set(w) == {b"RETR"} for w in retr_writes)
     assert len(maildir_messages(mail)) == 1200
     assert server.errors == []
+
+
+# -- the safety net: a server that advertises PIPELINING and loses commands ---------
+
+
+def lossy_server(ca: trustme.CA, lose_after: str, count: int = 5) -> FakePOP3:
+    messages = [b"Subject: %d\n\nbody %d\n" % (n, n) for n in range(1, count + 1)]
+    return FakePOP3(
+        messages,
+        users={USER: SECRET},
+        tls_context=make_server_context(ca, "localhost"),
+        implicit_tls=True,
+        discard_after=[lose_after],
+    )
+
+
+@pytest.mark.parametrize("lose_after", ["*", "CAPA", "RETR", "DELE"])
+def test_a_server_that_loses_pipelined_commands_gets_them_in_lock_step(
+    lose_after: str, ca: trustme.CA, ca_file: Path, home: Home, tmp_path: Path
+) -> None:
+    """"*" loses PASS behind USER, "CAPA" the listing behind it, "RETR" all but
+    the first RETR of a window, "DELE" all but the first DELE and the QUIT."""
+    mail = tmp_path / "Mail"
+    with lossy_server(ca, lose_after) as server:
+        home.write_config(config(server, mail, ca_file, auth="user", keep=False, timeout=2))
+        first = home.run("-v", "sync")
+        assert first.code == 0, first
+        notes = [line for line in first.stderr.splitlines() if "without pipelining" in line]
+        assert len(notes) == 1, first.stderr
+        assert notes[0].startswith("fetchpop: acct: ") or notes[0].startswith("acct: ")
+        assert "advertises PIPELINING but did not answer" in notes[0]
+        # Every message once, all deleted by the one session whose QUIT counted.
+        delivered = sorted(maildir_messages(mail))
+        assert delivered == sorted(b"Subject: %d\n\nbody %d\n" % (n, n) for n in range(1, 6))
+        assert server.mailbox.messages == []
+        assert [s.quit_answered for s in server.sessions] == [False, True]
+        assert all(len(w) == 1 for w in writes(server, 1)), writes(server, 1)
+
+        server.mailbox.add(b"Subject: six\n\nsix\n")
+        second = home.run("-v", "sync")
+        assert second.code == 0, second
+        assert "without pipelining" not in second.stderr
+        # Remembered: the login and everything after it in lock-step from the start.
+        assert all(len(w) == 1 for w in writes(server, 2)), writes(server, 2)
+    assert len(maildir_messages(mail)) == 6
+    with SeenStore(home.store_path) as store:
+        mailbox = store.mailbox_id("localhost", server.port, USER)
+        assert mailbox is not None and store.quirks(mailbox) == {"no-pipelining"}
+    assert server.errors == []
+
+
+def test_a_quiet_run_does_not_mention_the_workaround(
+    ca: trustme.CA, ca_file: Path, home: Home, tmp_path: Path
+) -> None:
+    with lossy_server(ca, "RETR") as server:
+        home.write_config(config(server, tmp_path / "Mail", ca_file, auth="user", timeout=2))
+        result = home.run("sync")
+        assert result.code == 0, result
+        assert result.stderr == ""
+    assert len(maildir_messages(tmp_path / "Mail")) == 5

@@ -1,9 +1,34 @@
 """A blocking POP3 client: the sans-IO protocol driven over a Transport.
 
 It knows POP3 and nothing of files, config or terminals. Messages are
-streamed to the caller chunk by chunk; with PIPELINING (RFC 2449 section 6.6)
-RETR and DELE go out in a bounded window so a long round trip is paid once per
-window, not once per message.
+streamed to the caller chunk by chunk.
+
+What may be pipelined (RFC 2449 section 6.6), and why no more:
+
+* Nothing is written after ``STLS`` until its ``+OK`` has arrived and the
+  TLS handshake is done (RFC 2595 section 4): bytes sent before the
+  handshake would be read as clear text, or dropped.
+* Nothing is written after the last command of a login (``PASS``, ``APOP``,
+  the final line of an ``AUTH`` exchange) until its reply has arrived.
+  Courier's ``courierpop3login`` checks the password and then execs
+  ``courierpop3d``: whatever it had read beyond PASS is gone. Cyrus discards
+  input buffered during a SASL exchange, since a security layer may start at
+  its end. Both advertise PIPELINING; a client that pipelines across the
+  login gets no answer to the listing, ever.
+* Within the AUTHORIZATION state, commands before the last one of the login
+  may go together (CAPA with USER and PASS) where the server advertises
+  PIPELINING. Capabilities remembered from an earlier session
+  (:meth:`Client.assume_capabilities`) hold back CAPA to go out with the
+  login's first line, never more than this.
+* In the TRANSACTION state, CAPA, UIDL and LIST go out together, and RETR and
+  DELE in windows of up to PIPELINE_WINDOW commands.
+
+A server may advertise PIPELINING and lose commands anyway. When commands
+written before a reply arrived stay unanswered (for PIPELINE_GRACE seconds
+after the connection fell silent between replies; for the whole timeout
+where a reply may be slow for good reason, as to PASS), the client raises
+PipeliningLostError, and the caller starts again on a new connection in
+lock-step (``Client(pipelining=False)``).
 """
 
 from __future__ import annotations
@@ -17,8 +42,10 @@ from fetchpop.errors import (
     ExitCode,
     FetchpopError,
     InsecureError,
+    PipeliningLostError,
     ProtocolError,
     ServerError,
+    ServerTimeoutError,
     TLSError,
     sanitize,
 )
@@ -46,6 +73,12 @@ from fetchpop.pop3.transport import Transport
 #: not block writing while the server blocks writing to it; if a server
 #: stops reading for longer than the timeout, the write fails with a timeout.
 PIPELINE_WINDOW = 1000
+#: Seconds a pipelining server may stay silent between two replies of a batch
+#: before the commands still unanswered are taken as lost (see the top).
+PIPELINE_GRACE = 10.0
+#: Replies that may take long for good reason (a password check, a failed
+#: login's delay, the UPDATE state's expunges): these get the whole timeout.
+_SLOW_REPLIES = frozenset({"PASS", "APOP", "AUTH", "QUIT"})
 #: RFC 5034 section 4: an AUTH command line must fit 255 octets, initial response included.
 MAX_AUTH_LINE = 255
 #: Message numbers beyond this are a hostile listing, not a maildrop.
@@ -54,10 +87,6 @@ MAX_MESSAGE_NUMBER = 2**31 - 1
 Log = Callable[[str], None]
 #: CAPA as a mapping: capability name (upper case) -> its arguments.
 Capabilities = dict[str, list[str]]
-#: SASL mechanisms whose exchange ends with the server's reply to the initial
-#: response, success or not (RFC 4616): commands may be pipelined behind them.
-#: (XOAUTH2 and OAUTHBEARER report a failure as a challenge that wants an answer.)
-ONE_STEP_MECHANISMS = frozenset({"PLAIN"})
 
 
 def _nolog(_: str) -> None:
@@ -81,9 +110,13 @@ def retr_limit(size: int | None) -> int | None:
 class Client:
     """One POP3 session. Methods raise typed errors; ``-ERR`` becomes ServerError."""
 
-    def __init__(self, transport: Transport, *, log: Log | None = None) -> None:
+    def __init__(
+        self, transport: Transport, *, log: Log | None = None, pipelining: bool = True
+    ) -> None:
         self._t = transport
         self._p = POP3Protocol()
+        #: False: lock-step whatever the server advertises (it lost commands before).
+        self.pipelining_allowed = pipelining
         self._sink = log or _nolog
         # Without a sink, log lines are not even built (a RETR loop of
         # thousands of messages would format them all for nothing).
@@ -98,8 +131,9 @@ class Client:
         # Replies that arrive before the one a caller asks for (a CAPA sent
         # ahead): each is handed to its handler, in order.
         self._ahead: list[Callable[[Event], None]] = []
-        self._list_after_login = False
-        self._maildrop_sent = False
+        # How many commands had been queued when the last complete reply
+        # arrived: those still unanswered were on their way then (see _receive).
+        self._queued_at_reply = 0
         self._dele_sent = False  # then QUIT must be confirmed
         self._idle: Callable[[], None] | None = None  # see when_waiting()
         event = self._event()
@@ -147,11 +181,36 @@ class Client:
                 if self._idle is not None:
                     task, self._idle = self._idle, None
                     task()
-                self._p.receive_data(self._t.recv())
-            elif self._ahead:
+                self._p.receive_data(self._receive())
+                continue
+            if isinstance(event, (Reply, Listing, MessageEnd)):
+                self._queued_at_reply = self._p.queued
+            if self._ahead:
                 self._ahead.pop(0)(event)
             else:
                 return event
+
+    def _receive(self) -> bytes:
+        """The next bytes from the server; PipeliningLostError when a batch stalls.
+
+        Commands are taken as lost when the server is silent between replies
+        while the next command to answer was already on its way when the
+        last reply arrived: a server that pipelines answers it at once.
+        """
+        p = self._p
+        next_up = p.next_command
+        if next_up is None or not p.between_replies or p.answered >= self._queued_at_reply:
+            return self._t.recv()
+        slow = next_up in _SLOW_REPLIES
+        try:
+            return self._t.recv(None if slow else min(PIPELINE_GRACE, self._t.timeout))
+        except ServerTimeoutError:
+            if next_up == "QUIT":
+                raise
+            raise PipeliningLostError(
+                f"{self._t.host} advertises PIPELINING but did not answer {next_up} "
+                "sent with other commands"
+            ) from None
 
     def when_waiting(self, task: Callable[[], None]) -> None:
         """Run *task* once, the next time this client has to wait for the server.
@@ -228,6 +287,11 @@ class Client:
         """Whether the last CAPA listed *capability*."""
         return self.capabilities is not None and capability.upper() in self.capabilities
 
+    @property
+    def pipelining(self) -> bool:
+        """Whether commands may go out together: the server offers it and never lost any."""
+        return self.pipelining_allowed and self.has("PIPELINING")
+
     def assume_capabilities(self, known: Capabilities) -> None:
         """Go on as if CAPA had answered *known* (what it said last session).
 
@@ -244,23 +308,6 @@ class Client:
 
     def _capa_arrived(self, event: Event) -> None:
         self._parse_capa(self._listing_event(event))
-
-    def list_after_login(self) -> None:
-        """Pipeline :meth:`maildrop`'s commands behind a one-step login (USER/PASS,
-        APOP, SASL PLAIN), where the server allows pipelining.
-
-        A refused login gets them refused too, which changes nothing. The login
-        and what follows it go out in one write (one TLS record, one packet).
-        """
-        self._list_after_login = True
-        if self._held is None:
-            self._held = []
-
-    def _login_sent(self) -> None:
-        # Called once the last line of a one-step login is written (or held).
-        if self._list_after_login and self.has("PIPELINING") and not self._maildrop_sent:
-            self._send(self._p.send("CAPA") + self._p.send("UIDL") + self._p.send("LIST"))
-            self._maildrop_sent = True
 
     def stls(self, context: ssl.SSLContext, pinned: str | None = None) -> None:
         """Upgrade with STLS (RFC 2595 section 4). Never falls back to clear text."""
@@ -281,7 +328,7 @@ class Client:
         """USER/PASS login (RFC 1939 section 7); one round trip with PIPELINING."""
         self._remember_secret(password)
         try:
-            if not self.has("PIPELINING"):
+            if not self.pipelining:
                 self.command("USER", user)
                 self.command("PASS", password, shown="PASS ***")
                 return
@@ -289,7 +336,6 @@ class Client:
                 self._p.send("USER", user) + self._p.send("PASS", password),
                 f"USER {user}\nPASS ***",
             )
-            self._login_sent()
             for reply in (self._reply(), self._reply()):  # both, in order
                 if not reply.ok:
                     words = describe(reply)
@@ -313,7 +359,6 @@ class Client:
         self._remember_secret(password)
         self._remember_secret(digest)
         self._send(self._p.send("APOP", user, digest), f"APOP {user} ***")
-        self._login_sent()
         reply = self._reply()
         if not reply.ok:
             raise login_error(self._hide(describe(reply)), reply.code)
@@ -328,8 +373,6 @@ class Client:
                 args.append(encoded)
                 initial = None
         self._send(self._p.send("AUTH", *args), f"AUTH {mech.name}" + (" ***" if args[1:] else ""))
-        if args[1:] and mech.name in ONE_STEP_MECHANISMS:
-            self._login_sent()
         while True:
             event = self._event()
             if isinstance(event, Continuation):
@@ -355,14 +398,6 @@ class Client:
             return
 
     # -- transactions ----------------------------------------------------------
-
-    def stat(self) -> tuple[int, int]:
-        """STAT: (message count, maildrop octets)."""
-        words = self.command("STAT").text.split()
-        try:
-            return int(words[0]), int(words[1])
-        except (IndexError, ValueError):
-            raise ProtocolError("malformed STAT reply") from None
 
     def uidl(self) -> list[tuple[int, str]]:
         """UIDL listing as (message number, unique id); CapabilityError without UIDL."""
@@ -393,16 +428,14 @@ class Client:
         """After login: CAPA again (RFC 2449 section 5), UIDL and LIST.
 
         With PIPELINING (as CAPA before login said) the three go out together,
-        one round trip instead of three, unless they already went out behind
-        the login (:meth:`list_after_login`).
+        one round trip instead of three.
         """
-        if not self._maildrop_sent and not self.has("PIPELINING"):
+        if not self.pipelining:
             if self.capabilities is not None:
                 self.capa()
             listing = self.uidl()
             return listing, (self.sizes() if listing else {})
-        if not self._maildrop_sent:  # else they went out behind the login
-            self._send(self._p.send("CAPA") + self._p.send("UIDL") + self._p.send("LIST"))
+        self._send(self._p.send("CAPA") + self._p.send("UIDL") + self._p.send("LIST"))
         capa, uidl, sizes = self._read_listing(), self._read_listing(), self._read_listing()
         self._parse_capa(capa)
         return self._parse_uidl(uidl), self._parse_sizes(sizes)

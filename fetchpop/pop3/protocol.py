@@ -27,7 +27,13 @@ import enum
 import re
 from typing import NamedTuple, TypeVar
 
-from fetchpop.errors import ConnectionLostError, LocalProtocolError, ProtocolError, sanitize
+from fetchpop.errors import (
+    ConnectionLostError,
+    LocalProtocolError,
+    NotPOP3Error,
+    ProtocolError,
+    sanitize,
+)
 
 #: RFC 2449 section 4 allows 512 octets for a status line; real servers send
 #: longer texts, so we accept more, but not without bound.
@@ -174,6 +180,27 @@ class POP3Protocol:
         self._listing_size = 0
         self._listing_text = b""
         self._after_stls = False
+        self._queued = 1  # the greeting is expected like a reply
+
+    @property
+    def queued(self) -> int:
+        """How many replies were ever expected (the greeting included)."""
+        return self._queued
+
+    @property
+    def answered(self) -> int:
+        """How many of them have been received whole."""
+        return self._queued - len(self._expect)
+
+    @property
+    def next_command(self) -> str | None:
+        """The command whose reply comes next (``"greeting"`` first), or None."""
+        return self._expect[0].command if self._expect else None
+
+    @property
+    def between_replies(self) -> bool:
+        """Whether no byte of the next reply has arrived yet."""
+        return not self._in_body and not self._buf
 
     # -- sending ---------------------------------------------------------------
 
@@ -202,6 +229,7 @@ class POP3Protocol:
         if b"\r" in line or b"\n" in line or len(line) > 255 * 2:
             raise LocalProtocolError("refusing to send a malformed command line")
         self._expect.append(_Expect(name, kind, max_octets))
+        self._queued += 1
         return line + b"\r\n"
 
     def send_sasl(self, payload: bytes) -> bytes:
@@ -257,6 +285,10 @@ class POP3Protocol:
         if exp.kind is Kind.SASL and line[:1] == b"+" and line[:3].upper() != b"+OK":
             # RFC 5034 section 4: "+" SP base64 (some servers omit the space).
             return Continuation(line[1:].strip())
+        if exp.command == "greeting":
+            service = identify_service(line)
+            if service is not None and service != "pop3":
+                raise NotPOP3Error(f"the server greeted in {service}: {_show(line)}", service)
         ok, text, code = self._status(line, exp.command)
         if exp.command == "greeting":
             self._expect.popleft()
@@ -403,6 +435,36 @@ class POP3Protocol:
         data = _unstuff(chunk, self._bol, stuffed)
         self._bol = chunk.endswith(b"\n")
         return MessageData(data)
+
+
+#: How other services open a conversation (or answer a TLS ClientHello).
+_SERVICES = (
+    (b"+OK", "pop3"),
+    (b"-ERR", "pop3"),
+    (b"HTTP/", "HTTP"),
+    (b"<!DOCTYPE HTML", "HTTP"),  # an HTTP/0.9-style error page, without a status line
+    (b"<HTML", "HTTP"),
+    (b"SSH-", "SSH"),
+    (b"* OK", "IMAP"),
+    (b"* PREAUTH", "IMAP"),
+    (b"* BYE", "IMAP"),
+    (b"220 ", "SMTP"),
+    (b"220-", "SMTP"),
+    (b"554 ", "SMTP"),
+)
+
+
+def identify_service(data: bytes) -> str | None:
+    """Which protocol the first bytes a server sent belong to: "pop3", "TLS",
+    "HTTP", "SSH", "IMAP", "SMTP", or None when they tell nothing."""
+    # A TLS record: handshake (22) or alert (21), protocol version 3.x.
+    if len(data) >= 2 and data[0] in (0x15, 0x16) and data[1] == 0x03:
+        return "TLS"
+    head = data[:16].upper()
+    for prefix, name in _SERVICES:
+        if head.startswith(prefix):
+            return name
+    return None
 
 
 def _find_dot_lines(buf: bytearray) -> tuple[int, bool]:

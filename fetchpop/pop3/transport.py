@@ -15,8 +15,10 @@ import datetime
 import hashlib
 import hmac
 import os
+import select
 import socket
 import ssl
+import time
 from pathlib import Path
 
 from fetchpop.errors import (
@@ -30,6 +32,16 @@ from fetchpop.errors import (
 READ_SIZE = 256 * 1024
 # X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT and ..._LOCALLY: no trusted issuer found.
 _UNKNOWN_ISSUER = frozenset({2, 20})
+
+
+#: OpenSSL's reasons for a handshake answered by something that is not TLS.
+_NOT_TLS = frozenset(
+    {"WRONG_VERSION_NUMBER", "HTTP_REQUEST", "PACKET_LENGTH_TOO_LONG", "RECORD_LAYER_FAILURE"}
+)
+
+
+class NotTLSError(TLSError):
+    """The server did not answer the TLS handshake in TLS (a clear-text port?)."""
 
 
 class UnknownIssuerError(TLSError):
@@ -184,7 +196,10 @@ class Transport:
         except (ssl.SSLError, TimeoutError, OSError) as exc:
             self.close()
             what = "timed out" if isinstance(exc, TimeoutError) else _reason(exc)
-            raise TLSError(f"TLS handshake with {self.host} failed: {what}") from exc
+            not_tls = isinstance(exc, ssl.SSLError) and exc.reason in _NOT_TLS
+            raise (NotTLSError if not_tls else TLSError)(
+                f"TLS handshake with {self.host} failed: {what}"
+            ) from exc
         if pinned:
             der = self.peer_certificate()
             if der is None or not hmac.compare_digest(
@@ -224,6 +239,13 @@ class Transport:
             not_after=details.get("notAfter", "?"),
         )
 
+    def wait_readable(self, seconds: float) -> bool:
+        """Whether the server has sent something (or closed) within *seconds*."""
+        if isinstance(self._sock, ssl.SSLSocket) and self._sock.pending():
+            return True
+        readable, _, _ = select.select([self._sock], [], [], seconds)
+        return bool(readable)
+
     def send(self, data: bytes) -> None:
         """Write all of *data*."""
         try:
@@ -235,8 +257,9 @@ class Transport:
         except OSError as exc:
             raise ConnectionLostError(f"connection to {self.host} lost: {_reason(exc)}") from exc
 
-    def recv(self) -> bytes:
-        """Read what is there (``b""`` at end of file), waiting at most the timeout.
+    def recv(self, wait: float | None = None) -> bytes:
+        """Read what is there (``b""`` at end of file), waiting at most the timeout
+        (or *wait* seconds).
 
         After the first read, whatever else has already arrived is taken too
         (up to READ_SIZE): a TLS socket hands out one record (about 16 KB) a
@@ -245,7 +268,13 @@ class Transport:
         if self._eof:
             return b""
         try:
-            data = self._sock.recv(READ_SIZE)
+            if wait is not None:
+                self._sock.settimeout(wait)
+            try:
+                data = self._sock.recv(READ_SIZE)
+            finally:
+                if wait is not None:
+                    self._sock.settimeout(self.timeout)
             if not data:
                 self._eof = True
                 return data
@@ -254,7 +283,8 @@ class Transport:
                 self._drain(parts, len(data))
             return b"".join(parts) if len(parts) > 1 else data
         except TimeoutError as exc:
-            raise ServerTimeoutError(f"no reply from {self.host} for {self.timeout:g} s") from exc
+            waited = self.timeout if wait is None else wait
+            raise ServerTimeoutError(f"no reply from {self.host} for {waited:g} s") from exc
         except ssl.SSLError as exc:
             raise ConnectionLostError(f"TLS error from {self.host}: {_reason(exc)}") from exc
         except OSError as exc:
@@ -284,6 +314,44 @@ class Transport:
         """Close the connection (without a TLS close_notify wait)."""
         with contextlib.suppress(OSError):
             self._sock.close()
+
+
+def first_words(host: str, port: int, *, quiet: float = 0.5, timeout: float = 3.0) -> bytes:
+    """What a service on *host*:*port* says first, on a connection of its own.
+
+    Most services speak first (POP3, SMTP, SSH, IMAP); those that wait for
+    the client (TLS, HTTP) are sent a TLS ClientHello after *quiet* seconds
+    of silence, which a TLS server answers in TLS and an HTTP server with an
+    error page. At most a few hundred bytes, within about *quiet* + *timeout*
+    seconds; ``b""`` when nothing came.
+    """
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = ctx.wrap_bio(incoming, outgoing, server_hostname=_ascii_host(host).decode("ascii"))
+    with contextlib.suppress(ssl.SSLWantReadError):
+        tls.do_handshake()
+    hello = outgoing.read()
+    try:
+        with socket.create_connection((host, port), timeout) as sock:
+            readable, _, _ = select.select([sock], [], [], quiet)
+            if not readable:
+                sock.sendall(hello + b"\r\n\r\n")
+            deadline = time.monotonic() + timeout
+            data = b""
+            while len(data) < 16 and (left := deadline - time.monotonic()) > 0:
+                sock.settimeout(left)
+                try:
+                    more = sock.recv(512)
+                except TimeoutError:
+                    break
+                if not more:
+                    break
+                data += more
+            return data
+    except OSError:
+        return b""
 
 
 # OpenSSL's reason codes a user meets most, said in words.
