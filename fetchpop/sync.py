@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import re
 import time
 from collections.abc import Callable, Collection, Iterator, Mapping
 from contextlib import contextmanager
@@ -66,6 +67,12 @@ RESET_MIN_UNKNOWN = 20
 #: connection) whether the port speaks TLS or another protocol, so a wrong
 #: port or TLS mode is said in seconds instead of after the whole timeout.
 GREETING_PROBE = 2.0
+
+#: How servers say that RETR's message is gone (deleted by another client
+#: since the listing): Dovecot "Message 1 expunged.", "There's no message 9."
+_GONE = re.compile(
+    rb"expunged|no such message|no message|deleted|does ?n[o']t exist|not found", re.IGNORECASE
+)
 
 PasswordSource = Callable[[], str]
 Progress = Callable[[str, int], None]
@@ -632,11 +639,7 @@ class Session:
             if number not in self._ahead and self._target_reserves:
                 self._journal_ahead(target, todo[i : i + BATCH_MESSAGES])
             if isinstance(body, Reply):
-                # Gone between UIDL and RETR (another device deleted it).
-                self.result.warnings.append(
-                    f"message {sanitize(msg.uidl)} vanished before it could be fetched: "
-                    f"{describe(body)}"
-                )
+                self._retr_refused(msg, body)
                 continue
             try:
                 octets = self._deliver_one(target, msg, body)
@@ -653,6 +656,23 @@ class Session:
             if len(self._batch) >= BATCH_MESSAGES or pending_octets >= BATCH_OCTETS:
                 self._commit(target)
                 pending_octets = 0
+
+    def _retr_refused(self, msg: ServerMessage, reply: Reply) -> None:
+        """RETR got -ERR: the message is gone, or the server cannot serve it now."""
+        uidl, words = sanitize(msg.uidl), describe(reply)
+        if reply.code is None and _GONE.search(reply.text):
+            # Deleted since the listing (another device): nothing to fetch.
+            self.result.warnings.append(
+                f"message {uidl} vanished before it could be fetched: {words}"
+            )
+            return
+        # [SYS/TEMP] and the like: it stays on the server, unrecorded, and the
+        # run says "try again later" (75) instead of passing over it.
+        line = f"message {uidl} could not be fetched: {words}; it stays on the server"
+        if self.failure is None:
+            self.failure = TempFailError(line)
+        else:
+            self.result.warnings.append(line)
 
     def _poison(self, msg: ServerMessage, exc: DeliveryError) -> bool:
         """Count a failed delivery; True when the session may go on without it."""

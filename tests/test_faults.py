@@ -687,6 +687,33 @@ def test_message_vanishes_before_retr(home: Home, mail: Path) -> None:
         assert server.mailbox.messages == []
 
 
+@pytest.mark.parametrize(
+    "reply", [b"-ERR [SYS/TEMP] unable to read message\r\n", b"-ERR cannot open message file\r\n"]
+)
+def test_a_message_the_server_cannot_serve_now_stays_and_says_so(
+    reply: bytes, home: Home, mail: Path
+) -> None:
+    """Courier answers RETR with [SYS/TEMP] when it cannot read the file: that
+    is no vanished message, and the run must not end as if all went well."""
+    with serving(faults=[Fault("RETR 2", err(reply), session=0)]) as server:
+        configure(home, server, mail)
+        result = sync(home, server)
+        assert result.code == 75, result
+        (line,) = problems(result)
+        words = reply.decode().strip()
+        assert line == f"fetchpop: home: message uid-2 could not be fetched: {words}; " + (
+            "it stays on the server"
+        ), result
+        assert_mail(mail, [MESSAGES[0], *MESSAGES[2:]])
+        assert home.seen_uidls() == {"uid-1", "uid-3", "uid-4"}
+        # The others are deleted as usual (keep = false); message 2 is not.
+        assert session_commands(server, 0, "DELE") == ["1", "3", "4"]
+        assert server.mailbox.uidls == ["uid-2"]
+        again = sync(home, server)
+        assert again.code == 0 and problems(again) == [], again
+        assert_mail(mail, MESSAGES)
+
+
 def observe(record: list[bytes], seconds: float = 0.3) -> Action:
     """Wait *seconds* (reading what the client sends), note all received so far, answer."""
 
