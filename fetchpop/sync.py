@@ -63,6 +63,11 @@ DAY = 86400.0
 MAX_ATTEMPTS = 3
 #: The UIDL-reset brake: this many unknown messages at least ...
 RESET_MIN_UNKNOWN = 20
+#: Gmail ("+OK Gpop ready ...") lists about 250 messages a session; a listing
+#: this long from it may be one batch of many (the next session lists the next).
+GMAIL_BATCH = 200
+#: Sessions one sync may open for such a server (250 messages each).
+MAX_SESSIONS = 40
 #: Seconds without a greeting after which fetchpop looks (on a second
 #: connection) whether the port speaks TLS or another protocol, so a wrong
 #: port or TLS mode is said in seconds instead of after the whole timeout.
@@ -477,6 +482,9 @@ class Session:
         self._ahead: dict[int, tuple[int, str]] = {}
         self._target_reserves = True  # until the target says it cannot
         self._known: Known | None = None  # read while the server works (see run)
+        self._pipelining = True  # until the server is known to lose commands
+        self._batched = False  # the last session's listing may have been a batch (Gmail)
+        self._listed = 0
 
     def run(self) -> SyncResult:
         """Sync the account; raises a FetchpopError subclass on failure."""
@@ -484,22 +492,46 @@ class Session:
         mailbox = self.store.mailbox_id(*account.mailbox)
         assert mailbox is not None
         self._mailbox = mailbox
-        pipelining = NO_PIPELINING not in self.store.quirks(mailbox)
+        self._pipelining = NO_PIPELINING not in self.store.quirks(mailbox)
         with _target(account.deliver, account) as target:
-            try:
-                self._session(target, pipelining)
-            except PipeliningLostError as exc:
-                # What was delivered is recorded, nothing was deleted (no
-                # QUIT was confirmed): the next session goes on from there.
-                self.store.note_quirk(mailbox, NO_PIPELINING)
-                self.result.notes.append(
-                    f"{exc}; going on without pipelining, now and in later runs"
-                )
+            sessions = 1
+            before = self.result.fetched
+            self._connection(target)
+            # Gmail lists at most about 250 messages a session, the next ones
+            # the next session: go on while each session brings new mail.
+            while self._batched and self.result.fetched > before and self.failure is None:
+                if sessions == MAX_SESSIONS:
+                    self.result.notes.append(
+                        f"the server lists at most {self._listed} messages a session; "
+                        f"more may be waiting after {sessions} sessions, for the next run"
+                    )
+                    break
+                sessions += 1
+                before = self.result.fetched
                 self._known = None
-                self._session(target, pipelining=False)
+                self._connection(target)
+            if sessions > 1:
+                self.result.notes.append(
+                    f"{sessions} sessions: the server lists at most {self._listed} messages at once"
+                )
         if self.failure is not None:
             raise self.failure
         return self.result
+
+    def _connection(self, target: Target) -> None:
+        """One session, and once more in lock-step if the server lost pipelined commands."""
+        try:
+            self._session(target, self._pipelining)
+        except PipeliningLostError as exc:
+            if not self._pipelining:
+                raise
+            # What was delivered is recorded, nothing was deleted (no QUIT was
+            # confirmed): the next session goes on from there.
+            self.store.note_quirk(self._mailbox, NO_PIPELINING)
+            self.result.notes.append(f"{exc}; going on without pipelining, now and in later runs")
+            self._pipelining = False
+            self._known = None
+            self._session(target, pipelining=False)
 
     def _session(self, target: Target, pipelining: bool) -> None:
         """One connection: log in, then :meth:`_transact`."""
@@ -575,6 +607,12 @@ class Session:
         account = self.account
         messages, repeats = server_messages(client)
         self.result.server_messages = len(messages)
+        self._listed = max(self._listed, len(messages))
+        # Gmail's normal mode lists no message a session has retrieved (and
+        # about 250 at a time): old UIDLs gone and new ones there is its
+        # daily way, not a reset.
+        gmail = b"Gpop" in client.greeting.text
+        self._batched = gmail and len(messages) >= GMAIL_BATCH
         # Read while the server was busy with the login, unless intents were
         # resolved since (or the client never had to wait).
         if self._reconcile(client, target, messages) or self._known is None:
@@ -586,7 +624,7 @@ class Session:
         plan = make_plan(account, messages, known, now=self.now())
         # With keep = false our own deletions empty the server; only a
         # leave-on-server mailbox can tell a UIDL reset from new mail.
-        if account.keep and not self.accept_new_uidls:
+        if account.keep and not self.accept_new_uidls and not gmail:
             reason = uidl_reset(plan, known.seen)
             if reason:
                 name = account.name

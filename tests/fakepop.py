@@ -658,6 +658,8 @@ class Conn:
     def real(self, cmd: Command) -> bytes:
         """The reply the server would send to *cmd*, after doing its side effects."""
         if cmd.greeting:
+            if self.server.greeting is not None:
+                return self.server.greeting
             return OK_GREETING % self.stamp if self.server.apop else OK_GREETING_NO_APOP
         name = cmd.name
         handler = getattr(self, "_cmd_" + name.lower(), None) if name.isalpha() else None
@@ -700,6 +702,9 @@ class Conn:
     def _login(self, user: str) -> bytes:
         self.state = _TRANSACTION
         self.session.user = user
+        begin = getattr(self.server.mailbox, "begin_session", None)
+        if begin is not None:  # a mailbox that shows each session a part (Gmail)
+            begin()
         return OK_LOGGED_IN
 
     def _pick(self, arg: str) -> int:
@@ -786,7 +791,11 @@ class Conn:
         return OK_UIDL + b"".join(b"%d %s\r\n" % (n, u.encode()) for n, _, u in self._live()) + DOT
 
     def _cmd_retr(self, arg: str) -> bytes:
-        message = self.server.mailbox.messages[self._pick(arg) - 1]
+        number = self._pick(arg)
+        message = self.server.mailbox.messages[number - 1]
+        retrieved = getattr(self.server.mailbox, "retrieved", None)
+        if retrieved is not None:
+            retrieved(number)
         return OK_RETR % len(message) + dot_stuff(message) + DOT
 
     def _cmd_top(self, arg: str) -> bytes:
@@ -830,6 +839,7 @@ class FakePOP3:
     socket. *mailbox* may be a ``Mailbox`` or a list of messages. *capa* None
     makes CAPA answer -ERR. *tls_context* enables STLS, or TLS from the first
     byte with *implicit_tls*. Exceptions that are bugs go to ``errors``.
+    *greeting* replaces the greeting line (CRLF included).
 
     *discard_after* names commands after which whatever else had already
     arrived is thrown away unread, as real servers do: Courier's login
@@ -853,6 +863,7 @@ class FakePOP3:
         tls_context: ssl.SSLContext | None = None,
         implicit_tls: bool = False,
         discard_after: Iterable[str] = (),
+        greeting: bytes | None = None,
     ) -> None:
         if implicit_tls and tls_context is None:
             raise ValueError("implicit_tls needs a tls_context")
@@ -865,6 +876,7 @@ class FakePOP3:
         self.tls_context = tls_context
         self.implicit_tls = implicit_tls
         self.discard_after = frozenset(c.upper() for c in discard_after)
+        self.greeting = greeting
         self.sessions: list[Session] = []
         self.errors: list[BaseException] = []
         self.port = 0

@@ -38,6 +38,9 @@ from fetchpop.errors import (
 #: RFC 2449 section 4 allows 512 octets for a status line; real servers send
 #: longer texts, so we accept more, but not without bound.
 MAX_STATUS_LINE = 4096
+#: A SASL challenge line: XOAUTH2 and OAUTHBEARER errors are JSON in base64,
+#: and Microsoft's are long.
+MAX_SASL_LINE = 64 * 1024
 #: Lines of CAPA/LIST/UIDL listings (a UIDL is at most 70 characters).
 MAX_LISTING_LINE = 4096
 #: A UIDL listing of 100,000 messages is about 8 MB.
@@ -279,7 +282,8 @@ class POP3Protocol:
         exp = self._expect[0]
         if self._in_body:
             return self._body(exp)
-        line = self._take_line(MAX_STATUS_LINE, exp.command)
+        limit = MAX_SASL_LINE if exp.kind is Kind.SASL else MAX_STATUS_LINE
+        line = self._take_line(limit, exp.command)
         if line is None:
             return NEED_DATA
         if exp.kind is Kind.SASL and line[:1] == b"+" and line[:3].upper() != b"+OK":
