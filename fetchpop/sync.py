@@ -74,9 +74,11 @@ MAX_SESSIONS = 40
 GREETING_PROBE = 2.0
 
 #: How servers say that RETR's message is gone (deleted by another client
-#: since the listing): Dovecot "Message 1 expunged.", "There's no message 9."
+#: since the listing): Dovecot "Message 1 expunged.", "There's no message 9.",
+#: Courier "Can't open the message file - it's gone!"
 _GONE = re.compile(
-    rb"expunged|no such message|no message|deleted|does ?n[o']t exist|not found", re.IGNORECASE
+    rb"expunged|no such message|no message|deleted|does ?n[o']t exist|not found|gone",
+    re.IGNORECASE,
 )
 
 PasswordSource = Callable[[], str]
@@ -282,6 +284,8 @@ def probe(account: Account, password: PasswordSource, *, log: Log | None = None)
 
 def login(client: Client, account: Account, password: PasswordSource) -> None:
     """Authenticate with the mechanism the account asks for (or the best offered)."""
+    if client.has("UTF8"):
+        client.utf8()
     method: str = account.auth
     sasl_offered = (client.capabilities or {}).get("SASL", [])
     if method == "auto":

@@ -17,7 +17,8 @@ Every harness offers the same small interface, which the matrix tests use:
   bytes, LF line ends as a local MTA writes them), ``count(user)``
 * ``raw_messages(user, password) -> list[tuple[str, bytes]]``: (UIDL, message)
   as an independent client (the stdlib's poplib) retrieves them now, CRLF
-  turned into LF and dot-unstuffed: what fetchpop must deliver
+  turned into LF and dot-unstuffed, after UTF8 where the server offers it
+  (RFC 6856): what fetchpop must deliver
 * ``start()`` / ``stop()`` and use as a context manager.
 """
 
@@ -71,9 +72,9 @@ def wait_for_port(port: int, timeout: float = 20.0) -> bool:
     return False
 
 
-def unstuff(lines: list[bytes]) -> bytes:
-    """poplib's RETR lines (CRLF already removed, still dot-stuffed) as stored bytes."""
-    return b"".join((line[1:] if line.startswith(b".") else line) + b"\n" for line in lines)
+def stored(lines: list[bytes]) -> bytes:
+    """poplib's RETR lines (CRLF removed and dot-unstuffed by poplib) as stored bytes."""
+    return b"".join(line + b"\n" for line in lines)
 
 
 def poplib_messages(
@@ -100,13 +101,17 @@ def poplib_messages(
         if mode == "starttls":
             client.stls(context)
     try:
+        with contextlib.suppress(poplib.error_proto):
+            if "UTF8" in client.capa():
+                # RFC 6856: without it Courier serves 8-bit headers in a wrapper.
+                client._shortcmd("UTF8")
         client.user(user)
         client.pass_(password)
         out = []
         for entry in client.uidl()[1]:
             number, uidl = entry.split(None, 1)
             _, lines, _ = client.retr(int(number))
-            out.append((uidl.decode("latin-1"), unstuff(lines)))
+            out.append((uidl.decode("latin-1"), stored(lines)))
         client.quit()
         return out
     finally:

@@ -309,6 +309,26 @@ class Client:
     def _capa_arrived(self, event: Event) -> None:
         self._parse_capa(self._listing_event(event))
 
+    def utf8(self) -> None:
+        """Send UTF8 (RFC 6856 section 2), in the AUTHORIZATION state.
+
+        Without it Courier serves a message with 8-bit bytes in its header as
+        a generated wrapper ("Cannot display Unicode content"). Its reply is
+        not waited for: with PIPELINING it goes out with the login, else
+        before it; a refusal changes nothing.
+        """
+        self._send(self._p.send("UTF8"))
+        if self.pipelining:
+            self._ahead.append(self._utf8_arrived)
+        else:
+            self._utf8_arrived(self._event())
+
+    def _utf8_arrived(self, event: Event) -> None:
+        if not isinstance(event, Reply):
+            raise ProtocolError(f"unexpected {type(event).__name__} in reply to UTF8")
+        if self._logging:
+            self._log("S: " + describe(event))
+
     def stls(self, context: ssl.SSLContext, pinned: str | None = None) -> None:
         """Upgrade with STLS (RFC 2595 section 4). Never falls back to clear text."""
         if self.capabilities is not None and not self.has("STLS"):
