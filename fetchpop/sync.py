@@ -624,7 +624,9 @@ class Session:
         known = self._known
         assert known is not None
         if repeats:
-            self.result.warnings.append(f"server lists {repeats} repeated UIDL(s)")
+            # popa3d's header-hash UIDLs repeat for identical messages every
+            # run: handled, so only -v says so (cron stays quiet).
+            self.result.notes.append(f"server lists {repeats} repeated UIDL(s)")
         plan = make_plan(account, messages, known, now=self.now())
         # With keep = false our own deletions empty the server; only a
         # leave-on-server mailbox can tell a UIDL reset from new mail.

@@ -536,13 +536,13 @@ def test_duplicate_uidls_in_one_run(home: Home, mail: Path) -> None:
     box = Mailbox(MESSAGES, ["uid-1", "dup", "dup", "uid-4"])
     with serving(box) as server:
         configure(home, server, mail, keep=True)
-        result = sync(home, server)
+        result = sync(home, server, "-v")
         assert result.code == 0, result
-        assert problems(result) == ["fetchpop: home: server lists 1 repeated UIDL(s)"]
+        assert "home: server lists 1 repeated UIDL(s)" in problems(result)
         assert_mail(mail, MESSAGES)
         assert len(home.seen_uidls()) == 4
         again = sync(home, server)
-        assert again.code == 0, again
+        assert again.code == 0 and problems(again) == [], again  # quiet without -v
         assert session_commands(server, 1, "RETR") == []
         assert_mail(mail, MESSAGES)
 
@@ -593,7 +593,6 @@ def test_duplicate_uidls_interrupted(home: Home, mail: Path) -> None:
         assert first.code == 75, first
         assert problems(first) == [
             "fetchpop: home: connection closed by server while waiting for reply to RETR",
-            "fetchpop: home: server lists 1 repeated UIDL(s)",
         ]
         assert_mail(mail, MESSAGES[:1])
         assert home.seen_uidls() == {"dup"}

@@ -190,3 +190,28 @@ def test_a_wrong_password_exits_77(
     ), result
     assert maildir_messages(mail) == []
     assert server.count(user) == 1
+
+
+@pytest.mark.parametrize("keep", [True, False])
+def test_popa3d_identical_messages_share_a_uidl_and_each_arrives_once(
+    keep: bool, servers: Callable[[str], Any], home: Home, tmp_path: Path
+) -> None:
+    """popa3d's UIDL hashes a few headers only: two copies of one message (a
+    mailing list and a direct copy) get the same UIDL."""
+    server = servers("popa3d")
+    user, password = new_user(server)
+    same = b"Subject: twice\n\nthe same bytes\n"
+    for message in (same, same, corpus()[0]):
+        server.add_message(user, message)
+    uidls = [uidl for uidl, _ in server.raw_messages(user, password)]
+    assert uidls[0] == uidls[1] != uidls[2]
+    mail = tmp_path / "Mail"
+    home.write_config(config(server, "off", user, password, mail, keep=keep))
+    result, problems = sync(home)
+    assert result.code == 0, result
+    assert problems == [], result  # handled: only -v mentions the repeat
+    assert maildir_messages(mail) == sorted([same, same, corpus()[0]])
+    again, _ = sync(home)
+    assert again.code == 0, again
+    assert len(maildir_messages(mail)) == 3
+    assert server.count(user) == (3 if keep else 0)
