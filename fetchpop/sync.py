@@ -44,8 +44,9 @@ from fetchpop.errors import (
     sanitize,
 )
 from fetchpop.pop3 import auth
-from fetchpop.pop3.client import PIPELINE_WINDOW, Capabilities, Client, Log, describe
-from fetchpop.pop3.protocol import Reply, identify_service
+from fetchpop.pop3.client import PIPELINE_WINDOW, Client, Log, Refusal
+from fetchpop.pop3.listings import Capabilities
+from fetchpop.pop3.protocol import identify_service
 from fetchpop.pop3.transport import (
     NotTLSError,
     Transport,
@@ -304,23 +305,10 @@ def login(client: Client, account: Account, password: PasswordSource) -> None:
                 + (", ".join(sasl_offered) or "none")
                 + ")"
             )
-        client.sasl(_mechanism(method, account, password()))
-
-
-def _mechanism(method: str, account: Account, secret: str) -> auth.SASLMechanism:
-    if method == "plain":
-        return auth.plain(account.user, secret)
-    if method == "login":
-        return auth.login(account.user, secret)
-    if method == "scram-sha-1":
-        return auth.scram("sha1", account.user, secret)
-    if method == "scram-sha-256":
-        return auth.scram("sha256", account.user, secret)
-    if method == "xoauth2":
-        return auth.xoauth2(account.user, secret)
-    if method == "oauthbearer":
-        return auth.oauthbearer(account.user, secret, account.host, account.port)
-    raise CapabilityError(f"unknown authentication method {method}")
+        mechanism = auth.mechanism_for(
+            method, account.user, password(), host=account.host, port=account.port
+        )
+        client.sasl(mechanism)
 
 
 def server_messages(client: Client) -> tuple[list[ServerMessage], int]:
@@ -602,7 +590,7 @@ class Session:
     @staticmethod
     def _confirm(client: Client, target: Target, detail: str, msg: ServerMessage) -> bool:
         for _, body in client.retrieve([(msg.number, msg.size)]):
-            if isinstance(body, Reply):
+            if isinstance(body, Refusal):
                 return False
             return target.confirm(detail, body)
         return False
@@ -651,7 +639,7 @@ class Session:
         numbers = [m.number for m, _ in plan.delete]
         refused = client.delete_and_quit(numbers, window=window)
         for number, reply in refused:
-            self.result.warnings.append(f"server refused DELE {number}: {describe(reply)}")
+            self.result.warnings.append(f"server refused DELE {number}: {reply.words}")
         self.result.deleted = len(numbers) - len(refused)
         # The session completed: UIDLs gone from the server can go from the store
         # (recorded before this session, or by it: those are on the server).
@@ -682,7 +670,7 @@ class Session:
             assert msg.number == number
             if number not in self._ahead and self._target_reserves:
                 self._journal_ahead(target, todo[i : i + BATCH_MESSAGES])
-            if isinstance(body, Reply):
+            if isinstance(body, Refusal):
                 self._retr_refused(msg, body)
                 continue
             try:
@@ -701,9 +689,9 @@ class Session:
                 self._commit(target)
                 pending_octets = 0
 
-    def _retr_refused(self, msg: ServerMessage, reply: Reply) -> None:
+    def _retr_refused(self, msg: ServerMessage, reply: Refusal) -> None:
         """RETR got -ERR: the message is gone, or the server cannot serve it now."""
-        uidl, words = sanitize(msg.uidl), describe(reply)
+        uidl, words = sanitize(msg.uidl), reply.words
         if reply.code is None and _GONE.search(reply.text):
             # Deleted since the listing (another device): nothing to fetch.
             self.result.warnings.append(

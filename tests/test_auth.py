@@ -19,12 +19,11 @@ from fetchpop.pop3.auth import (
     decode_b64,
     encode_b64,
     login,
+    mechanism_for,
     oauthbearer,
-    password_mechanism,
     plain,
     saslprep,
     scram,
-    user_pass,
     xoauth2,
 )
 
@@ -434,14 +433,6 @@ def test_apop_malformed_timestamp(timestamp: bytes) -> None:
         apop_digest(timestamp, "tanstaaf")
 
 
-def test_user_pass() -> None:
-    assert user_pass("mrose", "secret words") == (b"mrose", b"secret words")
-    for user, secret in [("mrose\r\nDELE 1", "x"), ("mrose", "x\r\nDELE 1"), ("a", "b\0")]:
-        with pytest.raises(AuthError) as info:
-            user_pass(user, secret)
-        assert "DELE" not in str(info.value)
-
-
 # --- base64 ----------------------------------------------------------------------
 
 
@@ -492,14 +483,15 @@ def test_choose_mechanism_without_tls_keeps_password_off_the_wire() -> None:
     assert choose_mechanism(["PLAIN", "SCRAM-SHA-1"], tls=False) == "SCRAM-SHA-1"
 
 
-@pytest.mark.parametrize("name", MECHANISM_PREFERENCE)
-def test_password_mechanism(name: str) -> None:
-    assert password_mechanism(name.lower(), "user", "pencil").name == name
+@pytest.mark.parametrize("name", [*MECHANISM_PREFERENCE, "XOAUTH2", "OAUTHBEARER"])
+def test_mechanism_for(name: str) -> None:
+    mech = mechanism_for(name.lower(), "user", "pencil", host="pop.example.org", port=995)
+    assert mech.name == name
 
 
-def test_password_mechanism_unknown() -> None:
+def test_mechanism_for_unknown() -> None:
     with pytest.raises(LocalProtocolError):
-        password_mechanism("XOAUTH2", "user", "pencil")
+        mechanism_for("CRAM-MD5", "user", "pencil")
 
 
 # --- secrets never shown ----------------------------------------------------------

@@ -27,8 +27,7 @@ from fetchpop.errors import (
     ServerError,
     ServerTimeoutError,
 )
-from fetchpop.pop3.client import Client, retr_limit
-from fetchpop.pop3.protocol import Reply
+from fetchpop.pop3.client import Client, Refusal, retr_limit
 from fetchpop.pop3.transport import Transport
 
 MESSAGE_1 = b"Subject: one\r\n\r\nhello\r\n..dot\r\n.\r\n"  # ends at the terminator
@@ -110,8 +109,8 @@ def run_session(transport: MemoryTransport) -> dict[str, Any]:
     todo = [(number, sizes.get(number)) for number, _ in out["uidl"]]
     out["messages"] = messages = []
     for number, body in client.retrieve(todo, window=window):
-        if isinstance(body, Reply):
-            assert not body.ok
+        if isinstance(body, Refusal):
+            assert body.words.startswith("-ERR")
             messages.append((number, body))
             continue
         data = b"".join(body)

@@ -9,8 +9,7 @@ import pytest
 
 from fetchpop.errors import AuthError
 from fetchpop.pop3 import client as client_module
-from fetchpop.pop3.client import Client
-from fetchpop.pop3.protocol import Reply
+from fetchpop.pop3.client import Client, Refusal
 from fetchpop.pop3.transport import Transport
 
 SERVER = [
@@ -55,7 +54,7 @@ def fetch(pop: Client) -> list[tuple[int, object]]:
     uidl, _ = pop.maildrop()
     got: list[tuple[int, object]] = []
     for number, body in pop.retrieve([(n, None) for n, _ in uidl], window=2):
-        got.append((number, body if isinstance(body, Reply) else b"".join(body)))
+        got.append((number, body if isinstance(body, Refusal) else b"".join(body)))
     pop.delete_and_quit([1])
     return got
 

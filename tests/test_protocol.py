@@ -22,6 +22,7 @@ from fetchpop.pop3.protocol import (
     MessageStart,
     POP3Protocol,
     Reply,
+    State,
 )
 
 GREETING = b"+OK POP3 ready <1896.697170952@dbc.mtview.ca.us>\r\n"
@@ -289,3 +290,41 @@ def test_an_event_equals_only_an_event_of_its_own_type() -> None:
     assert MessageData(b"x") != (b"x",)
     assert MessageStart("RETR", b"") != ("RETR", b"")
     assert len({MessageData(b"x"), MessageData(b"x"), MessageEnd(3)}) == 2
+
+
+# --- the session state and its barriers -------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "barrier", [("STLS",), ("PASS", "x"), ("APOP", "u", "d" * 32), ("AUTH", "PLAIN")]
+)
+def test_nothing_goes_behind_stls_or_a_login_before_its_reply(barrier: tuple[str, ...]) -> None:
+    proto = session(("CAPA",), ("USER", "u"), barrier)  # before it: allowed
+    for command in [("CAPA",), ("UIDL",), ("QUIT",)]:
+        with pytest.raises(LocalProtocolError, match=f"behind {barrier[0]} before its reply"):
+            proto.send(*command)
+    feed(proto, GREETING + b"+OK\r\n.\r\n+OK\r\n-ERR no\r\n")
+    assert proto.state is State.AUTHORIZATION  # refused: still logging in
+    proto.send("QUIT")  # the reply came: anything may follow
+
+
+@pytest.mark.parametrize("login", [("PASS", "x"), ("APOP", "u", "d" * 32)])
+def test_a_login_answered_ok_starts_the_transaction_state(login: tuple[str, ...]) -> None:
+    proto = session(("USER", "u"), login)
+    assert proto.state is State.AUTHORIZATION
+    feed(proto, GREETING + b"+OK\r\n+OK logged in\r\n")
+    assert proto.state is State.TRANSACTION
+    proto.send("UIDL")
+    proto.send("QUIT")
+    assert proto.state is State.UPDATE
+    with pytest.raises(LocalProtocolError, match="after QUIT"):
+        proto.send("NOOP")
+
+
+def test_a_sasl_exchange_is_answered_through_its_barrier() -> None:
+    proto = session(("AUTH", "PLAIN"))
+    events = feed(proto, GREETING + b"+ \r\n")
+    assert events[-1] == Continuation(b"")
+    assert proto.send_sasl(b"AGEAYg==") == b"AGEAYg==\r\n"
+    feed(proto, b"+OK welcome\r\n")
+    assert proto.state is State.TRANSACTION

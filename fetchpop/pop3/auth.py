@@ -62,11 +62,6 @@ def _utf8(value: str, what: str, forbidden: str = "\r\n\0") -> bytes:
         raise AuthError(f"the {what} is not valid Unicode") from None
 
 
-def user_pass(user: str, secret: str) -> tuple[bytes, bytes]:
-    """Encode the arguments of ``USER`` and ``PASS`` (RFC 1939 section 7)."""
-    return _utf8(user, "user name"), _utf8(secret, "password")
-
-
 def apop_digest(timestamp: bytes, secret: str) -> str:
     """Return the APOP digest: lowercase hex MD5 of the greeting's timestamp + secret.
 
@@ -433,9 +428,15 @@ def oauthbearer(user: str, token: str, host: str, port: int) -> SASLMechanism:
     return _OAuth("OAUTHBEARER", user, message, b"\x01")
 
 
-def password_mechanism(name: str, user: str, secret: str) -> SASLMechanism:
-    """The mechanism for a name from ``MECHANISM_PREFERENCE`` (case-insensitive)."""
-    upper = name.upper()
+def mechanism_for(
+    method: str, user: str, secret: str, *, host: str = "", port: int = 0
+) -> SASLMechanism:
+    """The SASL mechanism for an ``auth`` value or a SASL name (case-insensitive).
+
+    *secret* is the password, or the OAuth2 access token for XOAUTH2 and
+    OAUTHBEARER (which also needs *host* and *port*, RFC 7628 section 3.1).
+    """
+    upper = method.upper()
     if upper == "SCRAM-SHA-256":
         return scram("sha256", user, secret)
     if upper == "SCRAM-SHA-1":
@@ -444,7 +445,11 @@ def password_mechanism(name: str, user: str, secret: str) -> SASLMechanism:
         return plain(user, secret)
     if upper == "LOGIN":
         return login(user, secret)
-    raise LocalProtocolError(f"no password mechanism named {sanitize(name, 40)!r}")
+    if upper == "XOAUTH2":
+        return xoauth2(user, secret)
+    if upper == "OAUTHBEARER":
+        return oauthbearer(user, secret, host, port)
+    raise LocalProtocolError(f"no SASL mechanism named {sanitize(method, 40)!r}")
 
 
 def choose_mechanism(offered: Iterable[str], *, tls: bool) -> str | None:

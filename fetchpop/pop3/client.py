@@ -50,6 +50,7 @@ from fetchpop.errors import (
     sanitize,
 )
 from fetchpop.pop3 import auth
+from fetchpop.pop3.listings import Capabilities, parse_capa, parse_list, parse_uidl
 from fetchpop.pop3.protocol import (
     NEED_DATA,
     Continuation,
@@ -81,16 +82,29 @@ PIPELINE_GRACE = 10.0
 _SLOW_REPLIES = frozenset({"PASS", "APOP", "AUTH", "QUIT"})
 #: RFC 5034 section 4: an AUTH command line must fit 255 octets, initial response included.
 MAX_AUTH_LINE = 255
-#: Message numbers beyond this are a hostile listing, not a maildrop.
-MAX_MESSAGE_NUMBER = 2**31 - 1
 
 Log = Callable[[str], None]
-#: CAPA as a mapping: capability name (upper case) -> its arguments.
-Capabilities = dict[str, list[str]]
 
 
 def _nolog(_: str) -> None:
     pass
+
+
+class Refusal:
+    """A command the server answered with ``-ERR``: ``code`` is its RFC 2449
+    response code ("SYS/TEMP"), if any, and ``text`` the reply's text as sent."""
+
+    __slots__ = ("_hide", "code", "text")
+
+    def __init__(self, reply: Reply, hide: Callable[[str], str]) -> None:
+        self.code = reply.code
+        self.text = reply.text
+        self._hide = hide
+
+    @property
+    def words(self) -> str:
+        """``-ERR [CODE] text`` as a user may see it: sanitised, secrets hidden."""
+        return self._hide(describe(Reply("", False, self.text, self.code)))
 
 
 def describe(reply: Reply) -> str:
@@ -231,6 +245,9 @@ class Client:
         else:
             self._t.send(data)
 
+    def _refusal(self, reply: Reply) -> Refusal:
+        return Refusal(reply, self._hide)
+
     def _reply(self) -> Reply:
         event = self._event()
         if not isinstance(event, Reply):
@@ -275,13 +292,8 @@ class Client:
         if isinstance(result, Reply):
             self.capabilities = None
             return None
-        caps: dict[str, list[str]] = {}
-        for line in result.lines:
-            words = line.decode("ascii", "replace").split()
-            if words:
-                caps[words[0].upper()] = words[1:]
-        self.capabilities = caps
-        return caps
+        self.capabilities = parse_capa(result.lines)
+        return self.capabilities
 
     def has(self, capability: str) -> bool:
         """Whether the last CAPA listed *capability*."""
@@ -430,8 +442,7 @@ class Client:
                 "server does not support UIDL, so fetchpop cannot tell new mail from old: "
                 + describe(result)
             )
-        fast = _uidl_fast(result.lines)
-        return fast if fast is not None else _uidl_by_line(result.lines)
+        return parse_uidl(result.lines)
 
     def sizes(self) -> dict[int, int]:
         """LIST listing: message number -> size in octets."""
@@ -441,8 +452,7 @@ class Client:
     def _parse_sizes(result: Listing | Reply) -> dict[int, int]:
         if isinstance(result, Reply):
             raise ServerError("LIST failed: " + describe(result), result.code)
-        fast = _sizes_fast(result.lines)
-        return fast if fast is not None else _sizes_by_line(result.lines)
+        return parse_list(result.lines)
 
     def maildrop(self) -> tuple[list[tuple[int, str]], dict[int, int]]:
         """After login: CAPA again (RFC 2449 section 5), UIDL and LIST.
@@ -462,11 +472,11 @@ class Client:
 
     def retrieve(
         self, messages: Sequence[tuple[int, int | None]], *, window: int = 1
-    ) -> Iterator[tuple[int, Iterator[bytes] | Reply]]:
+    ) -> Iterator[tuple[int, Iterator[bytes] | Refusal]]:
         """RETR each (number, size) in turn, at most *window* outstanding.
 
         Yields (number, chunks) where *chunks* must be read to the end before
-        the next item, or (number, reply) when the server answered ``-ERR``.
+        the next item, or (number, refusal) when the server answered ``-ERR``.
         """
         sent = 0
 
@@ -490,7 +500,7 @@ class Client:
             if isinstance(event, Reply):
                 if self._logging:
                     self._log("S: " + describe(event))
-                yield num, event
+                yield num, self._refusal(event)
                 continue
             if not isinstance(event, MessageStart):
                 raise ProtocolError(f"unexpected {type(event).__name__} in reply to RETR")
@@ -513,13 +523,13 @@ class Client:
             else:
                 raise ProtocolError(f"unexpected {type(event).__name__} inside a message")
 
-    def delete(self, numbers: Sequence[int], *, window: int = 1) -> list[tuple[int, Reply]]:
+    def delete(self, numbers: Sequence[int], *, window: int = 1) -> list[tuple[int, Refusal]]:
         """DELE each message, pipelined; returns the ones the server refused."""
         return self._dele(numbers, window, quit=False)
 
     def delete_and_quit(
         self, numbers: Sequence[int], *, window: int = 1
-    ) -> list[tuple[int, Reply]]:
+    ) -> list[tuple[int, Refusal]]:
         """DELE each message and QUIT, pipelined; returns the DELEs the server refused.
 
         Raises when QUIT is not confirmed: then no deletion has happened
@@ -536,7 +546,9 @@ class Client:
         finally:
             self.close()
 
-    def _dele(self, numbers: Sequence[int], window: int, *, quit: bool) -> list[tuple[int, Reply]]:
+    def _dele(
+        self, numbers: Sequence[int], window: int, *, quit: bool
+    ) -> list[tuple[int, Refusal]]:
         self._dele_sent = self._dele_sent or bool(numbers)
         refused = []
         commands = [("DELE", str(n)) for n in numbers] + ([("QUIT",)] if quit else [])
@@ -551,7 +563,7 @@ class Client:
             reply = self._reply()
             if i < len(numbers):
                 if not reply.ok:
-                    refused.append((numbers[i], reply))
+                    refused.append((numbers[i], self._refusal(reply)))
             elif not reply.ok:
                 raise ServerError("QUIT failed, deletions not done: " + describe(reply), reply.code)
         return refused
@@ -582,104 +594,3 @@ def login_error(words: str, code: str | None) -> FetchpopError:
     if refused.exit_code in (ExitCode.TEMPFAIL, ExitCode.UNAVAILABLE):
         return refused
     return AuthError(f"authentication failed: {words}")
-
-
-def _message_number(digits: bytes, line: bytes, what: str) -> int:
-    # RFC 1939 section 5: messages are numbered from 1; a number we could not
-    # even send back in a command line is a hostile listing.
-    number = int(digits) if len(digits) <= 10 else 0
-    if not 1 <= number <= MAX_MESSAGE_NUMBER:
-        raise ProtocolError(f"malformed {what} line (bad message number): " + sanitize(line, 80))
-    return number
-
-
-# -- UIDL and LIST lines -------------------------------------------------------------
-#
-# A listing of 10,000 messages is parsed in a few whole-list passes (split, map,
-# min/max, set) when every line has the usual shape "number word". Anything
-# else goes line by line, which tells what is wrong with the first bad line;
-# the fast path accepts nothing that the line-by-line one refuses, and gives
-# the same result.
-
-#: Bytes that str.split() does not take for whitespace in latin-1 text (a
-#: superset of bytes.split()'s whitespace): deleted, they leave the separators.
-_NOT_SPACE = bytes(c for c in range(256) if not chr(c).isspace())
-
-
-def _words(lines: list[bytes]) -> list[str] | None:
-    """The two words of every line, in one list, if each line is exactly
-    "word SP word" (no other whitespace anywhere); else None."""
-    count = len(lines)
-    text = b"\n".join(lines)
-    # What whitespace is left must be one space per line and the LFs between lines.
-    if not count or text.translate(None, _NOT_SPACE) != b" \n" * (count - 1) + b" ":
-        return None
-    words = text.decode("latin-1").split()
-    return words if len(words) == 2 * count else None  # fewer: a word was empty
-
-
-def _digits(words: list[str]) -> bool:
-    """Whether *words* are all ASCII digits (str.isdigit() alone takes "\xb2" too)."""
-    joined = "".join(words)
-    return joined.isascii() and joined.isdigit()
-
-
-def _message_numbers(words: list[str]) -> list[int] | None:
-    """*words* as message numbers, or None if one of them is not a good one."""
-    if not _digits(words) or max(map(len, words)) > 10:
-        return None
-    numbers = list(map(int, words))
-    return numbers if min(numbers) >= 1 and max(numbers) <= MAX_MESSAGE_NUMBER else None
-
-
-def _uidl_fast(lines: list[bytes]) -> list[tuple[int, str]] | None:
-    """What _uidl_by_line gives, when every line is "number uid"; else None."""
-    words = _words(lines)
-    if words is None:
-        return None
-    numbers = _message_numbers(words[0::2])
-    if numbers is None or len(set(numbers)) != len(numbers):
-        return None
-    return list(zip(numbers, words[1::2], strict=True))
-
-
-def _uidl_by_line(lines: list[bytes]) -> list[tuple[int, str]]:
-    out = []
-    numbers: set[int] = set()
-    for line in lines:
-        parts = line.split(None, 1)
-        if len(parts) != 2 or not parts[0].isdigit():
-            raise ProtocolError("malformed UIDL line: " + sanitize(line, 80))
-        # RFC 1939: unique-ids are 1-70 characters in 0x21..0x7E; latin-1
-        # keeps whatever a quirky server sends, byte for byte.
-        uid = parts[1].strip()
-        if not uid:
-            raise ProtocolError("empty unique id in UIDL listing")
-        number = _message_number(parts[0], line, "UIDL")
-        if number in numbers:
-            # Two ids for one message: which one would we record?
-            raise ProtocolError(f"UIDL lists message {number} twice")
-        numbers.add(number)
-        out.append((number, uid.decode("latin-1")))
-    return out
-
-
-def _sizes_fast(lines: list[bytes]) -> dict[int, int] | None:
-    """What _sizes_by_line gives, when every line is "number size"; else None."""
-    words = _words(lines)
-    if words is None:
-        return None
-    numbers, sizes = _message_numbers(words[0::2]), words[1::2]
-    if numbers is None or not _digits(sizes):
-        return None
-    return dict(zip(numbers, map(int, sizes), strict=True))
-
-
-def _sizes_by_line(lines: list[bytes]) -> dict[int, int]:
-    sizes = {}
-    for line in lines:
-        parts = line.split()
-        if len(parts) < 2 or not parts[0].isdigit() or not parts[1].isdigit():
-            raise ProtocolError("malformed LIST line: " + sanitize(line, 80))
-        sizes[_message_number(parts[0], line, "LIST")] = int(parts[1])
-    return sizes

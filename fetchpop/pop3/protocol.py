@@ -14,6 +14,12 @@ Strategy (RFC 1939 section 3, RFC 2449 sections 6.6 and 8):
   Messages (RETR, TOP) are never collected: they come out as
   :class:`MessageData` chunks with CRLF turned into LF, worked on a buffer at a
   time with ``bytes.replace``, not a Python object per line.
+* The session state (RFC 1939 section 3) is data: AUTHORIZATION until a
+  login command (PASS, APOP, AUTH) is answered ``+OK``, then TRANSACTION,
+  then UPDATE once QUIT is sent. STLS and the login commands are barriers:
+  nothing may be sent behind one before its reply has arrived (RFC 2595
+  section 4; and Courier and Cyrus drop what follows a login), so
+  :meth:`POP3Protocol.send` refuses to, as it refuses anything after QUIT.
 * A server that ends lines with a bare LF is tolerated; anything else that
   does not parse is a :class:`~fetchpop.errors.ProtocolError`, after which the
   connection is in a terminal error state. No input makes this module hang:
@@ -47,6 +53,19 @@ MAX_LISTING_LINE = 4096
 MAX_LISTING_SIZE = 64 * 1024 * 1024
 #: How much of a message line we buffer before streaming part of it.
 MESSAGE_CHUNK = 256 * 1024
+
+
+class State(enum.Enum):
+    """The session state of RFC 1939 section 3, as the client sees it."""
+
+    AUTHORIZATION = "authorization"
+    TRANSACTION = "transaction"
+    UPDATE = "update"  # QUIT sent: nothing more may be
+
+
+#: Commands behind which nothing may be sent before their reply.
+_BARRIERS = frozenset({"STLS", "PASS", "APOP", "AUTH"})
+_LOGINS = frozenset({"PASS", "APOP", "AUTH"})
 
 
 class Kind(enum.Enum):
@@ -184,6 +203,13 @@ class POP3Protocol:
         self._listing_text = b""
         self._after_stls = False
         self._queued = 1  # the greeting is expected like a reply
+        self._state = State.AUTHORIZATION
+        self._barrier: str | None = None  # a pending STLS or login command
+
+    @property
+    def state(self) -> State:
+        """The session state (RFC 1939 section 3)."""
+        return self._state
 
     @property
     def queued(self) -> int:
@@ -220,6 +246,12 @@ class POP3Protocol:
         """
         self._check_usable()
         name = command.upper()
+        if self._barrier is not None:
+            raise LocalProtocolError(
+                f"refusing to send {name} behind {self._barrier} before its reply"
+            )
+        if self._state is State.UPDATE:
+            raise LocalProtocolError(f"refusing to send {name} after QUIT")
         if name == "AUTH":
             kind = Kind.SASL
         elif name in _MESSAGES:
@@ -233,6 +265,10 @@ class POP3Protocol:
             raise LocalProtocolError("refusing to send a malformed command line")
         self._expect.append(_Expect(name, kind, max_octets))
         self._queued += 1
+        if name in _BARRIERS:
+            self._barrier = name
+        elif name == "QUIT":
+            self._state = State.UPDATE
         return line + b"\r\n"
 
     def send_sasl(self, payload: bytes) -> bytes:
@@ -309,6 +345,10 @@ class POP3Protocol:
             self._listing_text = text
             return self._body(exp)
         self._expect.popleft()
+        if exp.command == self._barrier:
+            self._barrier = None
+            if ok and exp.command in _LOGINS:
+                self._state = State.TRANSACTION
         if ok and exp.command == "STLS" and self._buf:
             # RFC 2595 section 3.1 / CVE-2021-39272 class: nothing may come
             # between the STLS reply and the TLS handshake.

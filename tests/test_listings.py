@@ -1,7 +1,8 @@
-"""UIDL and LIST parsing: the whole-list fast path against the line-by-line one.
+"""UIDL and LIST parsing (fetchpop/pop3/listings.py): the whole-list fast path
+against the line-by-line one.
 
-Client._parse_uidl and _parse_sizes take the fast path when every line looks
-usual and fall back to the line-by-line parsers otherwise. For any lines,
+parse_uidl and parse_list take the fast path when every line looks usual and
+fall back to the line-by-line parsers otherwise. For any lines,
 the answer must be what the line-by-line parser gives: the same result, or
 the same error with the same message.
 """
@@ -16,9 +17,8 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from fetchpop.errors import ProtocolError
-from fetchpop.pop3 import client
-from fetchpop.pop3.client import MAX_MESSAGE_NUMBER, Client
-from fetchpop.pop3.protocol import Listing
+from fetchpop.pop3 import listings as parsers
+from fetchpop.pop3.listings import MAX_MESSAGE_NUMBER, parse_capa, parse_list, parse_uidl
 
 
 def outcome(parse: Callable[[list[bytes]], Any], lines: list[bytes]) -> object:
@@ -29,17 +29,17 @@ def outcome(parse: Callable[[list[bytes]], Any], lines: list[bytes]) -> object:
 
 
 def check_uidl(lines: list[bytes]) -> None:
-    expected = outcome(client._uidl_by_line, lines)
-    fast = client._uidl_fast(lines)
+    expected = outcome(parsers._uidl_by_line, lines)
+    fast = parsers._uidl_fast(lines)
     assert fast is None or fast == expected
-    assert outcome(lambda x: Client._parse_uidl(Listing("UIDL", b"", x)), lines) == expected
+    assert outcome(parse_uidl, lines) == expected
 
 
 def check_sizes(lines: list[bytes]) -> None:
-    expected = outcome(client._sizes_by_line, lines)
-    fast = client._sizes_fast(lines)
+    expected = outcome(parsers._sizes_by_line, lines)
+    fast = parsers._sizes_fast(lines)
     assert fast is None or fast == expected
-    assert outcome(lambda x: Client._parse_sizes(Listing("LIST", b"", x)), lines) == expected
+    assert outcome(parse_list, lines) == expected
 
 
 NUMBERS = [b"1", b"2", b"7", b"0", b"00", b"01", b"0000000007", b"00000000007", b"2147483647"]
@@ -111,10 +111,10 @@ def test_usual_listings_take_the_fast_path() -> None:
     uidl = [b"%d %08x-%d" % (n, n * 7919, n) for n in range(1, 10_001)]
     sizes = [b"%d %d" % (n, 3000 + n) for n in range(1, 10_001)]
     expected_uidl = [(n, uid.split(b" ")[1].decode()) for n, uid in enumerate(uidl, 1)]
-    assert client._uidl_fast(uidl) == expected_uidl == client._uidl_by_line(uidl)
-    assert client._sizes_fast(sizes) == {n: 3000 + n for n in range(1, 10_001)}
+    assert parsers._uidl_fast(uidl) == expected_uidl == parsers._uidl_by_line(uidl)
+    assert parsers._sizes_fast(sizes) == {n: 3000 + n for n in range(1, 10_001)}
     # Latin-1 UIDs stay byte for byte, and take the fast path too.
-    assert client._uidl_fast([b"3 \xe9\x7f\xff"]) == [(3, "\xe9\x7f\xff")]
+    assert parsers._uidl_fast([b"3 \xe9\x7f\xff"]) == [(3, "\xe9\x7f\xff")]
 
 
 @pytest.mark.parametrize(
@@ -128,4 +128,15 @@ def test_usual_listings_take_the_fast_path() -> None:
 )
 def test_uidl_errors_name_the_first_bad_line(lines: list[bytes], error: str) -> None:
     with pytest.raises(ProtocolError, match=error):
-        Client._parse_uidl(Listing("UIDL", b"", lines))
+        parse_uidl(lines)
+
+
+def test_capa_names_are_upper_case_and_keep_their_arguments() -> None:
+    lines = [b"top", b"SASL PLAIN SCRAM-SHA-256", b"", b"  ", b"UTF8 USER", b"IMPLEMENTATION x y"]
+    assert parse_capa(lines) == {
+        "TOP": [],
+        "SASL": ["PLAIN", "SCRAM-SHA-256"],
+        "UTF8": ["USER"],
+        "IMPLEMENTATION": ["x", "y"],
+    }
+    assert parse_capa([]) == {}
