@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 import re
 import socket
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -123,6 +123,14 @@ _NOT_SUPPORTED = {
 _SILENT = {"uidl", "stripcr", "sslcertck", "fastuidl"}
 #: fetchmail's ``auth`` values fetchpop can honour.
 _AUTH = {"any": "auto", "password": "auto"}
+#: The ``proto`` values that are POP3 (``auto`` tries IMAP first, then POP3).
+_POP3 = {"auto", "apop", "pop3", "rpop", "sdps"}
+#: Options :func:`_convert` copies, or explains itself.
+_COPIED = {
+    "via", "proto", "port", "service", "ssl", "sslproto", "sslcertfile", "sslfingerprint",
+    "auth", "pass", "mda", "bsmtp", "keep", "limit", "fetchlimit", "timeout", "smtphost",
+    "unknown", "is", "to",
+}  # fmt: skip
 
 
 # -- tokens ----------------------------------------------------------------------------
@@ -438,25 +446,46 @@ def _convert(
     environ: Mapping[str, str],
 ) -> ImportedAccount | None:
     """One user of one entry as a fetchpop account (None: not a POP3 account)."""
+    account = _new_account(entry, user, options, environ)
+    if not _protocol(account, options):
+        return None
+    _server(account, options)
+    _certificates(account, options, environ)
+    _login(account, options)
+    _delivery(account, user, options, environ)
+    _keep_and_limits(account, options)
+    _not_copied(account, options)
+    return account
+
+
+def _new_account(
+    entry: _Entry, user: _User, options: dict[str, object], environ: Mapping[str, str]
+) -> ImportedAccount:
+    """The account with its host and user, and what fetchmail assumed about them."""
     remote = user.remote or local_user(environ)
     host = str(options.get("via") or entry.label)
-    origin = f'{entry.kind} {entry.label} user "{remote}" (line {user.line})'
     account = ImportedAccount(account_name(entry.label), {"host": host, "user": remote})
-    account.origin = origin
-    keys = account.keys
+    account.origin = f'{entry.kind} {entry.label} user "{remote}" (line {user.line})'
     if user.remote is None:
         account.warn(f"no user name given; fetchmail's default, {remote}, is used")
     if entry.kind == "skip":
         account.warn("a 'skip' entry: fetchmail polled it only when named on its command line")
+    return account
 
+
+def _protocol(account: ImportedAccount, options: dict[str, object]) -> bool:
+    """Whether ``proto`` is POP3 (APOP sets ``auth``)."""
     proto = str(options.get("proto", "auto")).lower()
     if proto == "apop":
-        keys["auth"] = "apop"
+        account.keys["auth"] = "apop"
     elif proto == "auto":
         account.warn("proto auto (fetchmail's default) tries IMAP first; imported as POP3")
-    elif proto not in ("pop3", "rpop", "sdps"):
-        return None
+    return proto in _POP3
 
+
+def _server(account: ImportedAccount, options: dict[str, object]) -> None:
+    """``tls`` from ``ssl``, and ``port`` from ``service`` or ``port``."""
+    keys = account.keys
     port = options.get("service") or options.get("port")
     ssl = options.get("ssl") is True
     if ssl:
@@ -470,6 +499,12 @@ def _convert(
         else:
             keys["port"] = number
     keys.setdefault("port", 995 if ssl else 110)
+
+
+def _certificates(
+    account: ImportedAccount, options: dict[str, object], environ: Mapping[str, str]
+) -> None:
+    """The TLS version and certificate options: ``ca_file``, or why not copied."""
     sslproto = options.get("sslproto")
     exact = str(sslproto).lower() not in ("", "auto", "ssl23") and not str(sslproto).endswith("+")
     if sslproto is not None and exact:
@@ -487,49 +522,24 @@ def _convert(
             f"see `fetchpop serverinfo {account.name}` for the SHA-256 one (tls_fingerprint)"
         )
 
+
+def _login(account: ImportedAccount, options: dict[str, object]) -> None:
+    """``auth``, and a word about a password in the file."""
     auth = options.get("auth")
     if auth is not None:
         value = _AUTH.get(str(auth).lower())
         if value is None:
             account.warn(f"auth {auth} is not supported; fetchpop chooses the method")
-        elif "auth" not in keys:
-            keys["auth"] = value
-
+        elif "auth" not in account.keys:
+            account.keys["auth"] = value
     if "pass" in options:
         password_warning(account, TOOL)
-
-    _delivery(account, user, options, environ)
-
-    keys["keep"] = options.get("keep") is True
-    for key, out in (("limit", "max_size"), ("fetchlimit", "max_messages")):
-        if key in options:
-            text = str(options[key])
-            if not text.isdigit():
-                account.warn(f"{key} {text} is not a number; not copied")
-            elif int(text) > 0:
-                keys[out] = int(text)
-    if "timeout" in options:
-        text = str(options["timeout"])
-        if text.isdigit() and int(text) > 0:
-            keys["timeout"] = int(text)
-
-    handled = {"via", "proto", "port", "service", "ssl", "sslproto", "sslcertfile",
-               "sslfingerprint", "auth", "pass", "mda", "bsmtp", "keep", "limit",
-               "fetchlimit", "timeout", "smtphost", "unknown", "is", "to"}  # fmt: skip
-    for key, setting in options.items():
-        if key in handled or key in _SILENT or setting is False:
-            continue
-        why = _NOT_SUPPORTED.get(key, "not supported")
-        account.warn(f"{key} not copied: {why}")
-    unknown = options.get("unknown")
-    for word in unknown if isinstance(unknown, list) else []:
-        account.warn(f"unknown keyword {word!r} ignored")
-    return account
 
 
 def _delivery(
     account: ImportedAccount, user: _User, options: dict[str, object], environ: Mapping[str, str]
 ) -> None:
+    """``deliver``: the ``mda``, else sendmail to the local name (fetchmail used SMTP)."""
     if "mda" in options:
         command = str(options["mda"])
         if re.search(r"%[TFs]", command):
@@ -551,6 +561,47 @@ def _delivery(
         account.warn("multidrop (several local names) is not supported; the first is used")
     local = user.locals[0] if user.locals else local_user(environ)
     account.keys["deliver"] = "mda:/usr/sbin/sendmail -oi -- " + as_command(local)
+
+
+def _keep_and_limits(account: ImportedAccount, options: dict[str, object]) -> None:
+    """``keep``, ``max_size`` and ``max_messages`` (``limit``, ``fetchlimit``), ``timeout``."""
+    keys = account.keys
+    keys["keep"] = options.get("keep") is True
+    for key, out in (("limit", "max_size"), ("fetchlimit", "max_messages")):
+        if key in options:
+            text = str(options[key])
+            if not text.isdigit():
+                account.warn(f"{key} {text} is not a number; not copied")
+            elif int(text) > 0:
+                keys[out] = int(text)
+    if "timeout" in options:
+        text = str(options["timeout"])
+        if text.isdigit() and int(text) > 0:
+            keys["timeout"] = int(text)
+
+
+def _not_copied(account: ImportedAccount, options: dict[str, object]) -> None:
+    """A warning for every option that is set and has no fetchpop equivalent."""
+    left = (
+        key
+        for key, setting in options.items()
+        if key not in _COPIED and key not in _SILENT and setting is not False
+    )
+    not_copied(account, left, _NOT_SUPPORTED)
+    unknown = options.get("unknown")
+    for word in unknown if isinstance(unknown, list) else []:
+        account.warn(f"unknown keyword {word!r} ignored")
+
+
+def not_copied(
+    account: ImportedAccount, keys: Iterable[str], reasons: Mapping[str, str], prefix: str = ""
+) -> None:
+    """Warn that each of *keys* was not copied, and why: *reasons*, else "not supported".
+
+    Shared with :mod:`.getmail`, which gives the ``[section] `` as *prefix*.
+    """
+    for key in keys:
+        account.warn(f"{prefix}{key} not copied: {reasons.get(key, 'not supported')}")
 
 
 def import_fetchmail(

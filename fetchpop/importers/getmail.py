@@ -33,6 +33,7 @@ from fetchpop.importers.common import (
     unencrypted,
     valid_uidl,
 )
+from fetchpop.importers.fetchmail import not_copied
 
 TOOL = "getmail"
 
@@ -73,6 +74,14 @@ _NOT_SUPPORTED = {
     },
 }
 _SILENT = {"options": {"verbose"}, "retriever": {"type"}, "destination": {"type"}}
+#: Keys :func:`parse_getmailrc` copies, or explains itself; other sections are filters.
+_COPIED = {
+    "retriever": {"server", "username", "port", "ca_certs", "ssl_fingerprints",
+                  "use_apop", "password", "password_command", "timeout"},
+    "destination": {"path", "arguments"},
+    "options": {"delete", "read_all", "delete_after", "max_message_size",
+                "max_messages_per_session"},
+}  # fmt: skip
 
 
 def _tuple(value: str, what: str, path: Path) -> tuple[str, ...]:
@@ -118,6 +127,29 @@ def parse_getmailrc(
     text: str, path: Path, *, name: str | None, environ: Mapping[str, str]
 ) -> ImportedAccount:
     """The POP3 account a getmailrc describes."""
+    parser = _read_ini(text, path)
+    r = parser["retriever"]
+    kind = _retriever_type(r, path)
+    ssl = _RETRIEVERS[kind]
+    port = _int(r, "port", path) or (995 if ssl else 110)
+    stem = re.sub(r"^getmailrc[-_.]?|[-_.]?getmailrc$", "", path.name)
+    account = ImportedAccount(
+        account_name(name or stem or r["server"]),
+        {"host": r["server"], "user": r["username"], "port": port},
+    )
+    account.origin = f"{path.name} [retriever] {kind}"
+    _tls(account, r, ssl, path, environ)
+    _login(account, r, path)
+    if r.get("timeout", "").isdigit() and int(r["timeout"]) > 0:
+        account.keys["timeout"] = int(r["timeout"])
+    _destination(account, parser["destination"], path)
+    _options(account, parser["options"] if parser.has_section("options") else None, path)
+    _not_copied(account, parser)
+    return account
+
+
+def _read_ini(text: str, path: Path) -> configparser.RawConfigParser:
+    """The getmailrc as getmail reads it, with its [retriever] and [destination]."""
     parser = configparser.RawConfigParser(strict=False)
     try:
         parser.read_string(text, source=str(path))
@@ -132,7 +164,11 @@ def parse_getmailrc(
     for section in ("retriever", "destination"):
         if not parser.has_section(section):
             raise ConfigError(f"{path}: no [{section}] section")
-    r = parser["retriever"]
+    return parser
+
+
+def _retriever_type(r: configparser.SectionProxy, path: Path) -> str:
+    """The retriever's type, once it is a POP3 one with a server and a username."""
     kind = r.get("type", "")
     if kind not in _RETRIEVERS:
         raise ConfigError(
@@ -142,17 +178,19 @@ def parse_getmailrc(
     for key in ("server", "username"):
         if not r.get(key):
             raise ConfigError(f"{path}: [retriever] {key} is missing")
-    ssl = _RETRIEVERS[kind]
-    port = _int(r, "port", path) or (995 if ssl else 110)
-    stem = re.sub(r"^getmailrc[-_.]?|[-_.]?getmailrc$", "", path.name)
-    account = ImportedAccount(
-        account_name(name or stem or r["server"]),
-        {"host": r["server"], "user": r["username"], "port": port},
-    )
-    account.origin = f"{path.name} [retriever] {kind}"
-    keys = account.keys
+    return kind
+
+
+def _tls(
+    account: ImportedAccount,
+    r: configparser.SectionProxy,
+    ssl: bool,
+    path: Path,
+    environ: Mapping[str, str],
+) -> None:
+    """``tls``, ``ca_file`` and ``tls_fingerprint`` from the retriever."""
     if ssl:
-        keys["tls"] = "implicit"
+        account.keys["tls"] = "implicit"
         if not r.get("ca_certs") and not r.get("ssl_fingerprints"):
             account.warn(
                 "getmail did not verify the server certificate (no ca_certs); fetchpop "
@@ -166,39 +204,32 @@ def parse_getmailrc(
         pins = _tuple(r["ssl_fingerprints"], "ssl_fingerprints", path)
         pin = sha256_fingerprint(pins[0]) if pins else None
         if pin:
-            keys["tls_fingerprint"] = pin
+            account.keys["tls_fingerprint"] = pin
         if len(pins) > 1:
             account.warn("ssl_fingerprints: fetchpop pins one certificate; the first is used")
+
+
+def _login(account: ImportedAccount, r: configparser.SectionProxy, path: Path) -> None:
+    """``auth`` and ``password_command``, and a word about a password in the file."""
     if _bool(r.get("use_apop", "false")):
-        keys["auth"] = "apop"
+        account.keys["auth"] = "apop"
     if r.get("password_command"):
         words = _tuple(r["password_command"], "password_command", path)
         if words:
-            keys["password_command"] = shlex.join(words)
+            account.keys["password_command"] = shlex.join(words)
     elif r.get("password"):
         password_warning(account, TOOL)
-    if r.get("timeout", "").isdigit() and int(r["timeout"]) > 0:
-        keys["timeout"] = int(r["timeout"])
-    _destination(account, parser["destination"], path)
-    _options(account, parser["options"] if parser.has_section("options") else None, path)
 
-    handled = {
-        "retriever": {"server", "username", "port", "ca_certs", "ssl_fingerprints",
-                      "use_apop", "password", "password_command", "timeout"},
-        "destination": {"path", "arguments"},
-        "options": {"delete", "read_all", "delete_after", "max_message_size",
-                    "max_messages_per_session"},
-    }  # fmt: skip
+
+def _not_copied(account: ImportedAccount, parser: configparser.RawConfigParser) -> None:
+    """A warning for every section and key that has no fetchpop equivalent."""
     for section in parser.sections():
-        if section not in handled:
+        if section not in _COPIED:
             account.warn(f"[{sanitize(section)}] not copied: fetchpop has no filters")
             continue
-        for key in parser[section]:
-            if key in handled[section] or key in _SILENT.get(section, set()):
-                continue
-            why = _NOT_SUPPORTED[section].get(key, "not supported")
-            account.warn(f"[{section}] {key} not copied: {why}")
-    return account
+        skip = _COPIED[section] | _SILENT.get(section, set())
+        left = (key for key in parser[section] if key not in skip)
+        not_copied(account, left, _NOT_SUPPORTED[section], f"[{section}] ")
 
 
 def _destination(account: ImportedAccount, d: configparser.SectionProxy, path: Path) -> None:
