@@ -47,6 +47,11 @@ def sanitize(text: str | bytes, limit: int = 300) -> str:
     return text
 
 
+def one_line(exc: BaseException) -> str:
+    """An error's text on one line (as a run record and a per-account line show it)."""
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
 class FetchpopError(Exception):
     """Base of every error fetchpop reports; ``exit_code`` says how it ends."""
 

@@ -33,8 +33,8 @@ lock-step (``Client(pipelining=False)``).
 
 from __future__ import annotations
 
-import ssl
 from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING
 
 from fetchpop.errors import (
     AuthError,
@@ -64,6 +64,9 @@ from fetchpop.pop3.protocol import (
     Reply,
 )
 from fetchpop.pop3.transport import Transport
+
+if TYPE_CHECKING:
+    import ssl
 
 #: Outstanding commands at most, when the server allows pipelining. Small
 #: messages must keep more than a round trip's worth of data on the way: with

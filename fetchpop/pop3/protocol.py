@@ -326,24 +326,35 @@ class POP3Protocol:
             # RFC 5034 section 4: "+" SP base64 (some servers omit the space).
             return Continuation(line[1:].strip())
         if exp.command == "greeting":
-            service = identify_service(line)
-            if service is not None and service != "pop3":
-                raise NotPOP3Error(f"the server greeted in {service}: {_show(line)}", service)
+            return self._greeting(line)
         ok, text, code = self._status(line, exp.command)
-        if exp.command == "greeting":
-            self._expect.popleft()
-            match = _TIMESTAMP.search(text) if ok else None
-            return Greeting(ok, text, match.group(0) if match else None, code)
         if ok and exp.kind in (Kind.LISTING, Kind.MESSAGE):
-            self._in_body = True
-            self._bol = True
-            self._octets = 0
-            if exp.kind is Kind.MESSAGE:
-                return MessageStart(exp.command, text)
-            self._lines = []
-            self._listing_size = 0
-            self._listing_text = text
-            return self._body(exp)
+            return self._begin_body(exp, text)
+        return self._reply(exp, ok, text, code)
+
+    def _greeting(self, line: bytes) -> Greeting:
+        service = identify_service(line)
+        if service is not None and service != "pop3":
+            raise NotPOP3Error(f"the server greeted in {service}: {_show(line)}", service)
+        ok, text, code = self._status(line, "greeting")
+        self._expect.popleft()
+        match = _TIMESTAMP.search(text) if ok else None
+        return Greeting(ok, text, match.group(0) if match else None, code)
+
+    def _begin_body(self, exp: _Expect, text: bytes) -> Event | _NeedData:
+        """The ``+OK`` of a multi-line reply: a message starts, or a listing's lines."""
+        self._in_body = True
+        self._bol = True
+        self._octets = 0
+        if exp.kind is Kind.MESSAGE:
+            return MessageStart(exp.command, text)
+        self._lines = []
+        self._listing_size = 0
+        self._listing_text = text
+        return self._body(exp)
+
+    def _reply(self, exp: _Expect, ok: bool, text: bytes, code: str | None) -> Reply:
+        """A whole reply in one status line; it may end a barrier (STLS, a login)."""
         self._expect.popleft()
         if exp.command == self._barrier:
             self._barrier = None

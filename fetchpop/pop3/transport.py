@@ -1,4 +1,5 @@
-"""The only module that touches sockets and ssl.
+"""The one module of the POP3 side that touches sockets and ssl (the other is
+fetchpop/oauth/http.py, for OAuth2 endpoints).
 
 TLS policy (RFC 8314 section 5, RFC 2595 section 2.4): certificates are
 verified against the system store plus an optional ``ca_file``, the host name

@@ -1,4 +1,4 @@
-"""One account's session: the order that keeps SPEC section 1's promises.
+"""One account's sync: the Session owns the order that keeps SPEC section 1's promises.
 
 The ordering invariant, for every message:
 
@@ -25,54 +25,42 @@ import contextlib
 import dataclasses
 import re
 import time
-from collections.abc import Callable, Collection, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any
 
 from fetchpop.config import Account, format_deliver
 from fetchpop.deliver import DeliverySpec, open_target, parse_deliver
 from fetchpop.deliver.base import Target
 from fetchpop.errors import (
-    CapabilityError,
     DeliveryError,
     FetchpopError,
-    NotPOP3Error,
     PipeliningLostError,
-    ProtocolError,
     TempFailError,
-    WrongServiceError,
     sanitize,
 )
-from fetchpop.pop3 import auth
 from fetchpop.pop3.client import PIPELINE_WINDOW, Client, Log, Refusal
-from fetchpop.pop3.listings import Capabilities
-from fetchpop.pop3.protocol import identify_service
-from fetchpop.pop3.transport import (
-    NotTLSError,
-    Transport,
-    UnknownIssuerError,
-    first_words,
-    make_ssl_context,
-)
 from fetchpop.seenstore import NO_PIPELINING, Intent, SeenStore
+from fetchpop.sync.connect import PasswordSource, connect
+from fetchpop.sync.plan import (
+    MAX_ATTEMPTS,
+    Known,
+    Plan,
+    ServerMessage,
+    UIDLResetError,
+    make_plan,
+    read_known,
+    server_messages,
+    uidl_reset,
+)
 
 #: Group commit: flush after this many messages or bytes, whichever first.
 BATCH_MESSAGES = 64
 BATCH_OCTETS = 16 * 1024 * 1024
-DAY = 86400.0
-#: A message that fails delivery this many times is skipped (and reported).
-MAX_ATTEMPTS = 3
-#: The UIDL-reset brake: this many unknown messages at least ...
-RESET_MIN_UNKNOWN = 20
 #: Gmail ("+OK Gpop ready ...") lists about 250 messages a session; a listing
 #: this long from it may be one batch of many (the next session lists the next).
 GMAIL_BATCH = 200
 #: Sessions one sync may open for such a server (250 messages each).
 MAX_SESSIONS = 40
-#: Seconds without a greeting after which fetchpop looks (on a second
-#: connection) whether the port speaks TLS or another protocol, so a wrong
-#: port or TLS mode is said in seconds instead of after the whole timeout.
-GREETING_PROBE = 2.0
 
 #: How servers say that RETR's message is gone (deleted by another client
 #: since the listing): Dovecot "Message 1 expunged.", "There's no message 9.",
@@ -82,29 +70,7 @@ _GONE = re.compile(
     re.IGNORECASE,
 )
 
-PasswordSource = Callable[[], str]
 Progress = Callable[[str, int], None]
-
-
-@dataclasses.dataclass(slots=True)  # not frozen: a mailbox makes 100,000 of them
-class ServerMessage:
-    """A message as this session's UIDL and LIST describe it."""
-
-    number: int
-    uidl: str  # the store key: the UIDL, or "UIDL\n#n" for the n-th repeat
-    size: int | None
-    shared: str | None = None  # the server's UIDL, when several messages carry it
-
-
-@dataclasses.dataclass
-class Plan:
-    """What a sync would do now (``fetchpop check``) and why."""
-
-    messages: list[ServerMessage]
-    fetch: list[ServerMessage] = dataclasses.field(default_factory=list)
-    delete: list[tuple[ServerMessage, str]] = dataclasses.field(default_factory=list)
-    skip: list[tuple[ServerMessage, str]] = dataclasses.field(default_factory=list)
-    repeated_uidls: int = 0
 
 
 @dataclasses.dataclass
@@ -120,312 +86,6 @@ class SyncResult:
     #: What ``-v`` says besides the summary (a workaround for a server's quirk).
     notes: list[str] = dataclasses.field(default_factory=list)
     server_messages: int = 0
-
-
-# -- the session ---------------------------------------------------------------
-
-
-def open_connection(
-    account: Account,
-    *,
-    log: Log | None = None,
-    seen_caps: dict[str, object] | None = None,
-    whole_store: bool = False,
-    known: Capabilities | None = None,
-    pipelining: bool = True,
-) -> Client:
-    """Connect and secure the channel (implicit TLS or STLS), up to the login.
-
-    *seen_caps*, when given, receives the capabilities at each stage. A
-    certificate whose issuer the system's CA directory lacks is tried once
-    more against the whole CA store (see :func:`make_ssl_context`).
-
-    *known* are the capabilities the server gave before the login last time
-    (over TLS): then no CAPA is waited for. STLS goes out at once, and CAPA
-    goes out with the login (see :meth:`Client.assume_capabilities`).
-
-    *pipelining* False: lock-step, whatever the server advertises.
-    """
-    try:
-        return _open_connection(account, log, seen_caps, whole_store, known, pipelining)
-    except UnknownIssuerError:
-        if whole_store:
-            raise
-        return _open_connection(account, log, seen_caps, True, known, pipelining)
-
-
-def _open_connection(
-    account: Account,
-    log: Log | None,
-    seen_caps: dict[str, object] | None,
-    whole_store: bool,
-    known: Capabilities | None,
-    pipelining: bool,
-) -> Client:
-    caps = seen_caps if seen_caps is not None else {}
-    context = None
-    if account.tls != "off":
-        context = make_ssl_context(
-            account.ca_file, account.tls_fingerprint, whole_store=whole_store
-        )
-    else:
-        known = None  # only what an authenticated server said may save a round trip
-    if known is not None and ("PIPELINING" not in known or not pipelining):
-        known = None  # RFC 2449 section 6.6: no pipelining unless the server offers it
-    try:
-        transport = Transport.connect(
-            account.host,
-            account.port,
-            timeout=account.timeout,
-            tls=context if account.tls == "implicit" else None,
-            pinned=account.tls_fingerprint,
-        )
-    except NotTLSError as exc:
-        service = identify_service(first_words(account.host, account.port))
-        raise (exc if service in (None, "TLS") else wrong_port(account, service)) from exc
-    try:
-        if account.tls != "implicit" and not transport.wait_readable(GREETING_PROBE):
-            service = identify_service(first_words(account.host, account.port))
-            if service not in (None, "pop3"):
-                raise wrong_port(account, service)
-        try:
-            client = Client(transport, log=log, pipelining=pipelining)
-        except NotPOP3Error as exc:
-            raise wrong_port(account, exc.service) from exc
-        if account.tls == "starttls":
-            assert context is not None
-            if known is None:
-                caps["before_tls"] = client.capa()
-            client.stls(context, account.tls_fingerprint)
-        if known is None:
-            caps["before_login"] = client.capa()
-        else:
-            client.assume_capabilities(known)
-    except BaseException:
-        transport.close()
-        raise
-    return client
-
-
-def wrong_port(account: Account, service: str) -> WrongServiceError:
-    """The error for a port that answers in *service* ("TLS", "pop3", "SSH" ...)."""
-    port = account.port
-    if service == "TLS":
-        return WrongServiceError(
-            f'port {port} expects TLS from the first byte: set tls = "implicit"'
-        )
-    if service == "pop3":
-        return WrongServiceError(
-            f"port {port} speaks POP3 in clear text, not TLS from the first byte: "
-            'set tls = "starttls" (or use port 995 with tls = "implicit")'
-        )
-    return WrongServiceError(
-        f"port {port} of {account.host} speaks {service}, not POP3: check the port "
-        '(POP3 uses 110, or 995 with tls = "implicit")'
-    )
-
-
-def connect(
-    account: Account,
-    password: PasswordSource,
-    *,
-    log: Log | None = None,
-    known: Capabilities | None = None,
-    meanwhile: Callable[[], None] | None = None,
-    pipelining: bool = True,
-) -> Client:
-    """Open, secure and log in to *account*'s server. The caller QUITs or closes.
-
-    *meanwhile* runs while the server checks the login (:meth:`Client.when_waiting`).
-
-    CAPA is asked again after login by :meth:`Client.maildrop`, pipelined with
-    UIDL and LIST where the server allows it. With *known* capabilities (see
-    :func:`open_connection`) the first CAPA goes out with the login.
-    """
-    client = open_connection(account, log=log, known=known, pipelining=pipelining)
-    try:
-        if meanwhile is not None:
-            client.when_waiting(meanwhile)
-        login(client, account, password)
-    except BaseException:
-        client.close()
-        raise
-    return client
-
-
-def probe(account: Account, password: PasswordSource, *, log: Log | None = None) -> dict[str, Any]:
-    """What ``fetchpop serverinfo`` shows: greeting, TLS details, CAPA at each stage.
-
-    A failed login is reported in the result, not raised: the rest is still useful.
-    """
-    caps: dict[str, object] = {}
-    client = open_connection(account, log=log, seen_caps=caps)
-    info: dict[str, Any] = {
-        "greeting": sanitize(client.greeting.text),
-        "apop": client.greeting.timestamp is not None,
-        "tls": None,
-        "capabilities": caps,
-        "login_error": None,
-    }
-    tls = client.transport.tls_info()
-    if tls is not None:
-        info["tls"] = dataclasses.asdict(tls)
-    try:
-        login(client, account, password)
-        caps["after_login"] = client.capa()
-        client.quit()
-    except FetchpopError as exc:
-        info["login_error"] = str(exc)
-        client.close()
-    except BaseException:
-        client.close()
-        raise
-    return info
-
-
-def login(client: Client, account: Account, password: PasswordSource) -> None:
-    """Authenticate with the mechanism the account asks for (or the best offered)."""
-    if client.has("UTF8"):
-        client.utf8()
-    method: str = account.auth
-    sasl_offered = (client.capabilities or {}).get("SASL", [])
-    if method == "auto":
-        chosen = auth.choose_mechanism(sasl_offered, tls=client.transport.is_tls)
-        method = chosen.lower() if chosen else "user"
-    if method == "user":
-        client.user_pass(account.user, password())
-    elif method == "apop":
-        client.require_apop()  # before the password is fetched (or asked for)
-        client.apop(account.user, password())
-    else:
-        name = method.upper()
-        if client.capabilities is not None and name not in (m.upper() for m in sasl_offered):
-            raise CapabilityError(
-                f"server does not offer SASL {name} (it offers: "
-                + (", ".join(sasl_offered) or "none")
-                + ")"
-            )
-        mechanism = auth.mechanism_for(
-            method, account.user, password(), host=account.host, port=account.port
-        )
-        client.sasl(mechanism)
-
-
-def server_messages(client: Client) -> tuple[list[ServerMessage], int]:
-    """UIDL and LIST merged; repeated UIDLs get distinct keys. Returns (messages, repeats)."""
-    listing, sizes = client.maildrop()
-    missing = next((n for n, _ in listing if n not in sizes), None)
-    if missing is not None:
-        # LIST's size is what bounds the RETR (SPEC promise 4: bounded).
-        raise ProtocolError(f"LIST does not list message {missing}, which UIDL lists")
-    if len({uidl for _, uidl in listing}) == len(listing):  # the usual case: no repeats
-        return [ServerMessage(number, uidl, sizes[number]) for number, uidl in listing], 0
-    counts: dict[str, int] = {}
-    out = []
-    repeats = 0
-    for number, uidl in listing:
-        n = counts.get(uidl, 0) + 1
-        counts[uidl] = n
-        key = uidl
-        if n > 1:
-            # A UIDL comes from one line of the listing, so it can never hold
-            # a line feed: this key cannot collide with a real one, even from
-            # a server that puts spaces in its UIDLs (RFC 1939 forbids them).
-            key = f"{uidl}\n#{n}"
-            repeats += 1
-        out.append(ServerMessage(number, key, sizes[number]))
-    pairs = zip(out, listing, strict=True)
-    out = [dataclasses.replace(m, shared=u) if counts[u] > 1 else m for m, (_, u) in pairs]
-    return out, repeats
-
-
-@dataclasses.dataclass(frozen=True)
-class Known:
-    """What the seen-store knows of one mailbox, as :func:`make_plan` needs it."""
-
-    #: UIDL -> first-seen time.
-    seen: dict[str, float] = dataclasses.field(default_factory=dict)
-    #: Marked as seen (``seen mark``) without being delivered here: never deleted.
-    undelivered: set[str] = dataclasses.field(default_factory=set)
-    #: UIDL -> (failed delivery attempts, last reason); skips noted.
-    problems: dict[str, tuple[int, str]] = dataclasses.field(default_factory=dict)
-
-
-def read_known(store: SeenStore, mailbox: int) -> Known:
-    """Everything :func:`make_plan` needs from the store, in three queries."""
-    return Known(store.seen(mailbox), store.undelivered(mailbox), store.problems(mailbox))
-
-
-def make_plan(
-    account: Account,
-    messages: list[ServerMessage],
-    known: Known,
-    *,
-    now: float,
-    fresh: Collection[str] = (),
-) -> Plan:
-    """Decide what to fetch, skip and delete. Pure: no I/O.
-
-    *fresh* holds UIDLs recorded during this session (they count as seen).
-    """
-    plan = Plan(messages)
-    seen, failing, undelivered = known.seen, known.problems, known.undelivered
-    # Copies of a repeated UIDL are told apart only by their order, which
-    # shifts when one goes: delete them together, once every copy is recorded.
-    unrecorded = {
-        m.shared for m in messages if m.shared and m.uidl not in seen and m.uidl not in fresh
-    }
-    for msg in messages:
-        if msg.uidl in seen or msg.uidl in fresh:
-            if msg.shared in unrecorded or msg.uidl in undelivered:
-                continue
-            if not account.keep:
-                plan.delete.append((msg, "keep = false"))
-            elif account.delete_after_days is not None:
-                first = seen.get(msg.uidl, now)
-                if now - first >= account.delete_after_days * DAY:
-                    age = int((now - first) // DAY)
-                    plan.delete.append((msg, f"first fetched {age} days ago"))
-            continue
-        if account.max_size is not None and msg.size is not None and msg.size > account.max_size:
-            plan.skip.append(
-                (msg, f"larger than max_size ({msg.size} > {account.max_size} octets)")
-            )
-            continue
-        attempts, reason = failing.get(msg.uidl, (0, ""))
-        if attempts >= MAX_ATTEMPTS:
-            why = f"failed to deliver {attempts} times ({reason}); left on the server"
-            plan.skip.append((msg, why))
-            continue
-        if account.max_messages is not None and len(plan.fetch) >= account.max_messages:
-            plan.skip.append((msg, "max_messages reached for this run"))
-            continue
-        plan.fetch.append(msg)
-    return plan
-
-
-class UIDLResetError(TempFailError):
-    """Most messages look new although the store knows this mailbox well."""
-
-
-def uidl_reset(plan: Plan, seen: Mapping[str, float]) -> str | None:
-    """Why this looks like a server that renumbered its UIDLs, or None.
-
-    The brake fires when many messages are unknown, although the store knows
-    many UIDLs for this mailbox and hardly any of them are still on the server:
-    the provider migrated or rebuilt the maildrop, and every message looks new.
-    """
-    unknown = len(plan.fetch) + sum(1 for m, _ in plan.skip if m.uidl not in seen)
-    if unknown < RESET_MIN_UNKNOWN or len(seen) < RESET_MIN_UNKNOWN:
-        return None  # (the usual case, without counting 100,000 messages)
-    still_there = sum(1 for m in plan.messages if m.uidl in seen)
-    if unknown > len(plan.messages) // 2 and still_there < len(seen) // 10:
-        return (
-            f"{unknown} of the {len(plan.messages)} messages on the server have UIDLs "
-            f"never seen here, and only {still_there} of the {len(seen)} known ones "
-            "are still there: the server may have reset its UIDLs. Nothing was fetched"
-        )
-    return None
 
 
 @contextmanager
@@ -783,67 +443,3 @@ class Session:
         self._fresh.update(uidls)
         self.result.fetched += len(batch)
         self.result.octets += sum(o for _, _, o in batch)
-
-
-def list_server(
-    account: Account, password: PasswordSource, *, log: Log | None = None
-) -> tuple[list[ServerMessage], int]:
-    """Log in, list the maildrop (see :func:`server_messages`), QUIT. Changes nothing."""
-    try:
-        return _list_server(account, password, log, pipelining=True)
-    except PipeliningLostError:
-        return _list_server(account, password, log, pipelining=False)
-
-
-def _list_server(
-    account: Account, password: PasswordSource, log: Log | None, *, pipelining: bool
-) -> tuple[list[ServerMessage], int]:
-    client = connect(account, password, log=log, pipelining=pipelining)
-    try:
-        listing = server_messages(client)
-        client.quit()
-    except BaseException:
-        client.close()
-        raise
-    return listing
-
-
-def check_account(
-    account: Account,
-    known: Known,
-    password: PasswordSource,
-    *,
-    log: Log | None = None,
-    now: float | None = None,
-) -> Plan:
-    """What a sync would fetch and delete now. Changes nothing anywhere."""
-    messages, repeats = list_server(account, password, log=log)
-    plan = make_plan(account, messages, known, now=time.time() if now is None else now)
-    plan.repeated_uidls = repeats
-    return plan
-
-
-def mark_seen(
-    account: Account,
-    store: SeenStore | None,
-    password: PasswordSource,
-    *,
-    log: Log | None = None,
-) -> tuple[int, list[str]]:
-    """Record every message now on the server as seen, downloading nothing.
-
-    Returns (messages on the server, UIDLs newly recorded). With *store* None
-    (a dry run) nothing is written; the second item lists what would be.
-    """
-    messages, _ = list_server(account, password, log=log)
-    seen: dict[str, float] = {}
-    mailbox = None
-    if store is not None:
-        mailbox = store.mailbox_id(*account.mailbox)
-        assert mailbox is not None
-        seen = store.seen(mailbox)
-    new = [m.uidl for m in messages if m.uidl not in seen]
-    if store is not None and mailbox is not None:
-        store.record(mailbox, new, delivered=False)
-        store.sync()
-    return len(messages), new

@@ -1,0 +1,302 @@
+"""The commands about accounts and what is kept of them: ``accounts``,
+``password``, ``seen``, ``oauth``, ``serverinfo``."""
+
+from __future__ import annotations
+
+import sys
+from typing import TYPE_CHECKING
+
+import click
+
+from fetchpop.cli.app import current_env, guard, json_option, main
+from fetchpop.cli.env import Environment
+from fetchpop.cli.output import transcript
+
+if TYPE_CHECKING:
+    from fetchpop.oauth import DeviceCode
+
+
+@main.command(name="accounts")
+@json_option
+def accounts_cmd(as_json: bool) -> None:
+    """List the configured accounts, as resolved (secrets never shown)."""
+    env = current_env()
+
+    def run() -> int:
+        config = env.load_config()
+        data = [a.to_public_dict() for a in config.accounts.values()]
+        if as_json:
+            env.print_json({"config": str(config.path), "accounts": data})
+            return 0
+        print(f"# {config.path}", file=env.stdout)
+        for account in data:
+            print(f"[{account['name']}]", file=env.stdout)
+            for key, value in account.items():
+                if key != "name" and value is not None:
+                    print(f"  {key} = {value}", file=env.stdout)
+        return 0
+
+    guard(env, run)
+
+
+@main.group()
+def seen() -> None:
+    """Change what the seen-store knows about a mailbox."""
+
+
+@seen.command(name="mark")
+@click.argument("account")
+@click.option("--dry-run", is_flag=True, help="Only count what would be marked.")
+def seen_mark(account: str, dry_run: bool) -> None:
+    """Record every message now on ACCOUNT's server as seen, without downloading."""
+    env = current_env()
+
+    def run() -> int:
+        from fetchpop.locks import MailboxLock
+        from fetchpop.sync import mark_seen
+
+        (acct,) = env.load_config().select([account])
+        log = transcript(env, acct.name)
+        with MailboxLock(env.state_dir(), acct.mailbox) as lock:
+            lock.acquire()
+            if dry_run:
+                total, new = mark_seen(acct, None, env.password_source(acct), log=log)
+                verb = "would be"
+            else:
+                with env.open_store() as store:
+                    total, new = mark_seen(acct, store, env.password_source(acct), log=log)
+                verb = "were"
+        print(
+            f"{acct.name}: {total} message(s) on the server; {len(new)} {verb} marked as seen",
+            file=env.stdout,
+        )
+        return 0
+
+    guard(env, run)
+
+
+@seen.command(name="forget")
+@click.argument("account")
+@click.argument("uidls", nargs=-1)
+def seen_forget(account: str, uidls: tuple[str, ...]) -> None:
+    """Make messages fetchable again: the UIDLs given, or all of ACCOUNT's."""
+    env = current_env()
+
+    def run() -> int:
+        (acct,) = env.load_config().select([account])
+        with env.open_store() as store:
+            mailbox = store.mailbox_id(*acct.mailbox, create=False)
+            count = 0
+            if mailbox is not None:
+                count = store.forget(mailbox, list(uidls) if uidls else None)
+                store.clear_problems(mailbox, list(uidls) if uidls else None)
+                store.sync()
+        print(f"{acct.name}: {count} UIDL(s) forgotten", file=env.stdout)
+        return 0
+
+    guard(env, run)
+
+
+@main.group()
+def password() -> None:
+    """Store or remove an account's password in the system keyring."""
+
+
+@password.command(name="set")
+@click.argument("account")
+def password_set(account: str) -> None:
+    """Ask for ACCOUNT's password (without echo) and store it in the keyring."""
+    env = current_env()
+
+    def run() -> int:
+        from fetchpop.errors import UsageError
+        from fetchpop.secrets import check_keyring, keyring_username, set_password
+
+        (acct,) = env.load_config().select([account])
+        if not env.stdin_isatty:
+            raise UsageError("password set needs a terminal to ask for the password")
+        check_keyring()  # before asking for a password that could not be kept
+        import getpass
+
+        secret = getpass.getpass(f"Password for {keyring_username(acct)}: ")
+        if not secret:
+            raise UsageError("no password entered; nothing stored")
+        if getpass.getpass("Again: ") != secret:
+            raise UsageError("the two passwords differ; nothing stored")
+        set_password(acct, secret)
+        env.info(f"{acct.name}: password stored in the system keyring", level=0)
+        return 0
+
+    guard(env, run)
+
+
+@password.command(name="delete")
+@click.argument("account")
+def password_delete(account: str) -> None:
+    """Remove ACCOUNT's password from the system keyring."""
+    env = current_env()
+
+    def run() -> int:
+        from fetchpop.secrets import delete_password
+
+        (acct,) = env.load_config().select([account])
+        if delete_password(acct):
+            env.info(f"{acct.name}: password removed from the system keyring", level=0)
+        else:
+            env.info(f"{acct.name}: no password was stored in the system keyring", level=0)
+        return 0
+
+    guard(env, run)
+
+
+@main.command()
+@click.argument("account")
+@json_option
+def serverinfo(account: str, as_json: bool) -> None:
+    """Show the server's greeting, capabilities, TLS version and certificate."""
+    env = current_env()
+
+    def run() -> int:
+        from fetchpop.sync import probe
+
+        (acct,) = env.load_config().select([account])
+        info = probe(acct, env.password_source(acct), log=transcript(env, acct.name))
+        if as_json:
+            env.print_json(info)
+            return 0
+        out = env.stdout
+        print(f"{acct.name}: {acct.host} port {acct.port}, tls = {acct.tls}", file=out)
+        print(f"greeting: {info['greeting']}", file=out)
+        tls = info["tls"]
+        if tls:
+            print(f"TLS: {tls['version']}, cipher {tls['cipher']}", file=out)
+            print(f"certificate fingerprint: {tls['fingerprint']}", file=out)
+            print(f"  subject: {tls['subject']}", file=out)
+            print(f"  issuer:  {tls['issuer']}", file=out)
+            print(f"  expires: {tls['not_after']}", file=out)
+        else:
+            print("TLS: none (clear text)", file=out)
+        for stage in ("before_tls", "before_login", "after_login"):
+            caps = info["capabilities"].get(stage)
+            if stage in info["capabilities"]:
+                text = "CAPA not supported" if caps is None else " ".join(caps) or "(none)"
+                print(f"capabilities {stage.replace('_', ' ')}: {text}", file=out)
+        if info.get("login_error"):
+            print(f"login: {info['login_error']}", file=out)
+        return 0
+
+    guard(env, run)
+
+
+# -- OAuth2 sign-in --------------------------------------------------------------
+
+
+@main.group()
+def oauth() -> None:
+    """OAuth2 sign-in for accounts with oauth_provider (Gmail, Microsoft 365)."""
+
+
+@oauth.command(name="login")
+@click.argument("account")
+@click.option("--device", is_flag=True, help="Sign in on another device with a code.")
+@click.option("--no-browser", is_flag=True, help="Print the sign-in URL only; open no browser.")
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    default=0,
+    metavar="PORT",
+    help="Loopback port for the browser's redirect (default: any free one).",
+)
+def oauth_login(account: str, device: bool, no_browser: bool, port: int) -> None:
+    """Sign ACCOUNT in with OAuth2; the refresh token goes to the system keyring."""
+    env = current_env()
+
+    def run() -> int:
+        from fetchpop import oauth as oa
+        from fetchpop.errors import ConfigError
+        from fetchpop.secrets import (
+            OAUTH_KEYRING_SERVICE,
+            OAuthTokenStore,
+            keyring_username,
+            require_keyring,
+        )
+
+        (acct,) = env.load_config().select([account])
+        if acct.oauth_provider is None:
+            raise ConfigError(
+                f'account "{acct.name}": oauth_provider is not set (see fetchpop-config(5))'
+            )
+        provider = oa.provider_for(acct)
+        require_keyring()  # before the user signs in: the refresh token goes nowhere else
+        http = oa.HttpClient(timeout=acct.timeout)
+        if device:
+            tokens = oa.login_device(
+                provider, http=http, show=lambda code: _show_device_code(env, acct.name, code)
+            )
+        else:
+            browser = not no_browser and oa.browser_available(env.environ, sys.platform)
+            tokens = oa.login_code(
+                provider,
+                http=http,
+                show_url=lambda url: _show_sign_in_url(env, acct.name, url, browser),
+                open_browser=_open_browser if browser else None,
+                port=port,
+            )
+        OAuthTokenStore(acct).save(tokens.to_record(provider))
+        env.info(
+            f"{acct.name}: signed in; the refresh token is in the system keyring "
+            f"(service {OAUTH_KEYRING_SERVICE}, username {keyring_username(acct)})",
+            level=0,
+        )
+        return 0
+
+    guard(env, run)
+
+
+def _show_sign_in_url(env: Environment, account: str, url: str, browser: bool) -> None:
+    # Shown even with -q: signing in is impossible without it.
+    from fetchpop.oauth import LOGIN_TIMEOUT
+
+    intro = "Opening a browser to" if browser else "Open this page in a browser to"
+    wait = f"waiting up to {LOGIN_TIMEOUT / 60:g} minutes"
+    print(f"{intro} sign in {account} ({wait}):", file=env.stderr)
+    print(f"\n    {url}\n", file=env.stderr, flush=True)
+
+
+def _open_browser(url: str) -> None:
+    import contextlib
+    import webbrowser
+
+    with contextlib.suppress(webbrowser.Error):  # The URL is on the screen.
+        webbrowser.open(url)
+
+
+def _show_device_code(env: Environment, account: str, code: DeviceCode) -> None:
+    minutes = max(1, int(code.expires_in // 60))
+    print(
+        f"To sign in {account}, open {code.verification_uri} on any device and enter "
+        f"the code {code.user_code} (within {minutes} minutes).",
+        file=env.stderr,
+    )
+    if code.verification_uri_complete:
+        print(f"Or open: {code.verification_uri_complete}", file=env.stderr)
+    print("Waiting for the sign-in...", file=env.stderr, flush=True)
+
+
+@oauth.command(name="logout")
+@click.argument("account")
+def oauth_logout(account: str) -> None:
+    """Remove ACCOUNT's OAuth2 tokens from the system keyring."""
+    env = current_env()
+
+    def run() -> int:
+        from fetchpop.secrets import OAuthTokenStore
+
+        (acct,) = env.load_config().select([account])
+        if OAuthTokenStore(acct).delete():
+            env.info(f"{acct.name}: OAuth2 tokens removed from the system keyring", level=0)
+        else:
+            env.info(f"{acct.name}: no OAuth2 tokens were stored in the system keyring", level=0)
+        return 0
+
+    guard(env, run)

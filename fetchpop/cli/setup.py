@@ -1,0 +1,388 @@
+"""The commands that set fetchpop up: ``init``, ``demo``, ``import``."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import click
+
+from fetchpop.cli.app import current_env, guard, main
+from fetchpop.cli.env import Environment, Signals
+from fetchpop.cli.output import transcript
+from fetchpop.cli.syncing import sync_one
+from fetchpop.errors import FetchpopError, one_line
+
+if TYPE_CHECKING:
+    from fetchpop.config import Account
+
+
+@main.command()
+@click.option(
+    "--dir",
+    "directory",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Where to put the demo's config, state and Maildir (default: a new temporary one).",
+)
+def demo(directory: Path | None) -> None:
+    """Try fetchpop with no mail server: a local server with sample mail, and a real sync."""
+    env = current_env()
+
+    def run() -> int:
+        import tempfile
+
+        from fetchpop.demo import PASSWORD, USER, DemoServer
+
+        where = directory or Path(tempfile.mkdtemp(prefix="fetchpop-demo-"))
+        where = where.resolve()
+        where.mkdir(parents=True, exist_ok=True, mode=0o700)
+        config_path = where / "config.toml"
+        mail = where / "Mail"
+        out = env.stdout
+        with DemoServer() as server:
+            config_path.write_text(
+                "# Written by `fetchpop demo`: a POP3 server on this machine with sample mail.\n"  # noqa: S608
+                "[accounts.demo]\n"
+                'host = "127.0.0.1"\n'
+                f"port = {server.port}\n"
+                'tls = "off"  # the demo server is on this machine; never for a real one\n'
+                f'user = "{USER}"\n'
+                f'password = "{PASSWORD}"\n'
+                f'deliver = "maildir:{mail}"\n'
+                "keep = false           # delete from the server once safely delivered\n"
+            )
+            config_path.chmod(0o600)
+            print(
+                f"A demo POP3 server with {len(server.messages)} messages is listening on "
+                f"127.0.0.1 port {server.port}.",
+                file=out,
+            )
+            print(f"Config: {config_path}", file=out)
+            print("Running: fetchpop -v sync", file=out, flush=True)
+            demo_env = dataclasses.replace(
+                env,
+                config_option=str(config_path),
+                state_override=where / "state",
+                verbose=max(env.verbose, 1),
+                warn_clear_text=False,
+            )
+            signals = Signals()
+            signals.install()
+            (account,) = demo_env.load_config().select(["demo"])
+            code, _ = sync_one(demo_env, account, 0.0, signals, False)
+            if code:
+                return code
+            print("Running it again: nothing new, so nothing is fetched.", file=out, flush=True)
+            code, _ = sync_one(demo_env, account, 0.0, signals, False)
+        files = sorted((mail / "new").iterdir())
+        print(f"\n{len(files)} messages are now in the Maildir {mail}:", file=out)
+        for path in files:
+            subject = next(
+                (
+                    ln[9:]
+                    for ln in path.read_text(errors="replace").splitlines()
+                    if ln.startswith("Subject: ")
+                ),
+                "?",
+            )
+            print(f"  {path.name[:40]}...  {subject}", file=out)
+        print(
+            "\nNext: write ~/.config/fetchpop/config.toml for your own account "
+            "(see `man fetchpop-config`), then run `fetchpop check` and `fetchpop sync`.",
+            file=out,
+        )
+        return code
+
+    guard(env, run)
+
+
+# -- import: take over a peer's accounts and seen state -------------------------------
+
+
+@main.group(name="import")
+def import_group() -> None:
+    """Take over fetchmail's, mpop's or getmail's accounts and seen state.
+
+    The accounts are appended to fetchpop's config file (never replacing one
+    of the same name) and every message the peer already delivered is
+    recorded as seen, so nothing is fetched twice. Passwords are not copied.
+    """
+
+
+def _dry_run_option(func: Callable[..., None]) -> Callable[..., None]:
+    return click.option(
+        "--dry-run", is_flag=True, help="Print the TOML and the counts; change nothing."
+    )(func)
+
+
+@import_group.command(name="fetchmail")
+@click.argument("path", type=click.Path(path_type=Path))
+@click.option(
+    "--ids",
+    type=click.Path(path_type=Path),
+    metavar="FILE",
+    help="fetchmail's UIDL file (default: its set idfile, else ~/.fetchids).",
+)
+@_dry_run_option
+def import_fetchmail(path: Path, ids: Path | None, dry_run: bool) -> None:
+    """Import the POP3 accounts of a ~/.fetchmailrc and the UIDLs in ~/.fetchids."""
+    _import_peer("fetchmail", path, ids, None, dry_run)
+
+
+@import_group.command(name="mpop")
+@click.argument("path", type=click.Path(path_type=Path))
+@click.option(
+    "--uidls",
+    type=click.Path(path_type=Path),
+    metavar="FILE",
+    help="mpop's UIDLS file (default: each account's uidls_file, else ~/.mpop_uidls/%U_at_%H).",
+)
+@_dry_run_option
+def import_mpop(path: Path, uidls: Path | None, dry_run: bool) -> None:
+    """Import the accounts of a ~/.mpoprc and the UIDLs in their UIDLS files."""
+    _import_peer("mpop", path, uidls, None, dry_run)
+
+
+@import_group.command(name="getmail")
+@click.argument("path", type=click.Path(path_type=Path))
+@click.option(
+    "--oldmail-dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    metavar="DIR",
+    help="Where getmail's oldmail-* files are (default: the getmailrc's directory).",
+)
+@click.option("--name", metavar="NAME", help="The account's name (default: from PATH).")
+@_dry_run_option
+def import_getmail(path: Path, oldmail_dir: Path | None, name: str | None, dry_run: bool) -> None:
+    """Import the POP3 account of a getmailrc and the UIDLs in its oldmail file."""
+    _import_peer("getmail", path, oldmail_dir, name, dry_run)
+
+
+def _import_peer(tool: str, path: Path, seen: Path | None, name: str | None, dry_run: bool) -> None:
+    env = current_env()
+
+    def run() -> int:
+        from fetchpop import importers
+        from fetchpop.config import find_config_path
+        from fetchpop.errors import ConfigError, UsageError
+
+        for given in (path, seen):
+            if given is not None and not given.exists():
+                raise UsageError(f"{given}: no such file or directory")
+        config_path = find_config_path(env.config_option, env.environ)
+        result = importers.read_peer(
+            tool,
+            path.absolute(),
+            environ=env.environ,
+            seen=seen.absolute() if seen else None,
+            name=name,
+        )
+        if not result.accounts:
+            raise ConfigError(
+                [f"{path}: no POP3 account to import", *(f"{w}" for w in result.warnings)]
+            )
+        importers.check_names(config_path, result)
+        tables = importers.render(result)
+        text = importers.merged_text(config_path, tables)
+        importers.validate(config_path, text, env.environ)
+        for warning in result.warnings:
+            env.warn(f"warning: {warning}")
+        for account in result.accounts:
+            for warning in account.warnings:
+                env.warn(f"{account.name}: warning: {warning}")
+        if dry_run:
+            env.stdout.write(tables)
+            print(f"\n# Dry run: {config_path} and the seen-store unchanged.", file=env.stdout)
+            for account in result.accounts:
+                print(
+                    f"# {account.name}: {len(account.uidls)} UIDL(s) would be recorded as seen",
+                    file=env.stdout,
+                )
+            return 0
+        with env.open_store() as store:
+            counts = [importers.record_seen(store, account) for account in result.accounts]
+        importers.write_config(config_path, text)
+        if not env.quiet:
+            names = ", ".join(a.name for a in result.accounts)
+            print(
+                f"{len(result.accounts)} account(s) from {tool} added to {config_path}: {names}",
+                file=env.stdout,
+            )
+            for account, count in zip(result.accounts, counts, strict=True):
+                source = f" (from {account.seen_file})" if account.seen_file else ""
+                print(f"{account.name}: {count} UIDL(s) recorded as seen{source}", file=env.stdout)
+        return 0
+
+    guard(env, run)
+
+
+# -- first run ---------------------------------------------------------------------
+
+
+@main.command()
+@click.option("--name", help="The new account's name (default: from the address).")
+@click.option("--port", type=click.IntRange(1, 65535), help="Try only this port.")
+@click.option(
+    "--ca-file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Also trust this CA (or self-signed certificate) while probing, and keep it.",
+)
+def init(name: str | None, port: int | None, ca_file: Path | None) -> None:
+    """Set up a first account: probe the server, try the login, write the config."""
+    env = current_env()
+
+    def run() -> int:
+        from fetchpop.config import find_config_path
+        from fetchpop.errors import ConfigError
+
+        out = env.stdout
+        config_path = find_config_path(env.config_option, env.environ)
+        address = click.prompt("Your e-mail address").strip()
+        domain = address.rpartition("@")[2] or address
+        host = click.prompt("POP3 server", default=f"pop.{domain}").strip()
+        user = click.prompt("User name", default=address).strip()
+        acct_name = name or _account_name(domain)
+        from fetchpop.importers.output import existing_names
+
+        if acct_name in existing_names(config_path):
+            raise ConfigError(f"{config_path}: account {acct_name!r} already exists; use --name")
+        found = _probe_server(env, acct_name, host, user, port, ca_file)
+        print(f"{host}: {found[1]} on port {found[0].port}", file=out)
+        account = _login_interactively(env, found[0])
+        deliver = click.prompt("Deliver mail to", default=f"maildir:~/Mail/{acct_name}")
+        keep = click.confirm("Leave messages on the server (for other devices)?", default=True)
+        keys: dict[str, object] = {
+            "host": host,
+            "user": user,
+            "port": account.port,
+            "tls": account.tls,
+            "deliver": deliver,
+            "keep": keep,
+        }
+        if ca_file is not None:
+            keys["ca_file"] = str(ca_file.resolve())
+        keys.update(_store_password(env, account))
+        _append_account(env, config_path, acct_name, keys)
+        print(f"Wrote [accounts.{acct_name}] to {config_path}.", file=out)
+        print(f"Next: fetchpop check {acct_name}   then   fetchpop sync {acct_name}", file=out)
+        return 0
+
+    guard(env, run)
+
+
+def _account_name(domain: str) -> str:
+    import re
+
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", domain.split(".")[0]).strip("_") or "mail"
+
+
+def _probe_server(
+    env: Environment, name: str, host: str, user: str, port: int | None, ca_file: Path | None
+) -> tuple[Account, str]:
+    """The first of implicit TLS (995) and STARTTLS (110) that the server speaks."""
+    from fetchpop.config import POP3_PORT, POP3S_PORT, Account
+    from fetchpop.deliver import DeliverySpec
+    from fetchpop.errors import TLSError, UnavailableError
+    from fetchpop.sync import open_connection
+
+    tries: list[tuple[str, int]] = [
+        ("implicit", port or POP3S_PORT),
+        ("starttls", port or POP3_PORT),
+    ]
+    failures = []
+    for tls, number in tries:
+        account = Account(
+            name=name,
+            host=host,
+            user=user,
+            port=number,
+            tls=tls,  # type: ignore[arg-type]
+            ca_file=ca_file,
+            deliver=DeliverySpec("maildir", Path("/nonexistent")),
+            timeout=15.0,
+        )
+        try:
+            client = open_connection(account, log=transcript(env, name))
+        except TLSError as exc:
+            raise TLSError(
+                f"{exc}; if the server uses a self-signed certificate, give it with --ca-file"
+            ) from None
+        except FetchpopError as exc:
+            failures.append(f"{tls} TLS on port {number}: {one_line(exc)}")
+            continue
+        info = client.transport.tls_info()
+        sasl = " ".join((client.capabilities or {}).get("SASL", [])) or "none"
+        client.quit()
+        what = "implicit TLS" if tls == "implicit" else "STARTTLS"
+        return account, f"{what} ({info.version if info else '?'}), SASL mechanisms: {sasl}"
+    raise UnavailableError(f"found no POP3 server with TLS at {host}: " + "; ".join(failures))
+
+
+def _ask_secret(env: Environment, prompt: str) -> str:
+    if env.stdin_isatty:
+        import getpass
+
+        return getpass.getpass(prompt)
+    return str(click.prompt(prompt, default="", show_default=False))
+
+
+def _login_interactively(env: Environment, account: Account) -> Account:
+    """Ask for the password until the login works (three tries)."""
+    import dataclasses as dc
+
+    from fetchpop.errors import AuthError
+    from fetchpop.sync import connect
+
+    for attempt in range(3):
+        secret = _ask_secret(env, f"Password for {account.user}@{account.host}: ")
+
+        def password(secret: str = secret) -> str:
+            return secret
+
+        try:
+            client = connect(account, password, log=transcript(env, account.name))
+            client.quit()
+            print("Login works.", file=env.stdout)
+            return dc.replace(account, password=secret)
+        except AuthError as exc:
+            env.error(one_line(exc))
+            if attempt == 2:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _store_password(env: Environment, account: Account) -> dict[str, object]:
+    """Keep the password in the keyring; else, if the user agrees, in the private file."""
+    from fetchpop.errors import UnavailableError
+    from fetchpop.secrets import set_password
+
+    assert account.password is not None
+    try:
+        set_password(account, account.password)
+        print("Password stored in the system keyring.", file=env.stdout)
+        return {}
+    except UnavailableError as exc:
+        env.error(one_line(exc))
+    if click.confirm("Put the password in the config file (readable by you only)?", default=False):
+        return {"password": account.password}
+    print(
+        "No password stored: add password_command to the account "
+        '(e.g. password_command = "pass show mail/ACCOUNT").',
+        file=env.stdout,
+    )
+    return {}
+
+
+def _append_account(env: Environment, path: Path, name: str, keys: dict[str, object]) -> None:
+    from fetchpop.importers.common import ImportedAccount, ImportResult
+    from fetchpop.importers.output import check_names, merged_text, render, validate, write_config
+
+    result = ImportResult("fetchpop init", path, [ImportedAccount(name, keys)])
+    check_names(path, result)
+    text = merged_text(path, render(result))
+    validate(path, text, env.environ)
+    write_config(path, text)
+    if "password" in keys:
+        path.chmod(0o600)  # fetchpop refuses a password in a file others can read

@@ -1,0 +1,313 @@
+"""The commands that sync and report: ``sync``, ``check``, ``status``."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from fetchpop.cli.app import combine, current_env, failure, guard, json_option, main
+from fetchpop.cli.env import Environment, Signals
+from fetchpop.cli.output import Progress, message_line, size, transcript
+from fetchpop.errors import ExitCode, FetchpopError, one_line, sanitize
+
+if TYPE_CHECKING:
+    from fetchpop.config import Account
+    from fetchpop.sync import Known
+
+
+@main.command()
+@click.argument("accounts", nargs=-1)
+@json_option
+@click.option(
+    "--wait",
+    "wait",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    metavar="SECONDS",
+    help="Wait this long for another run's lock on a mailbox.",
+)
+@click.option(
+    "--accept-new-uidls",
+    is_flag=True,
+    help="Fetch even when the server seems to have reset its UIDLs.",
+)
+@click.option(
+    "-j",
+    "--jobs",
+    type=click.IntRange(min=1, max=32),
+    default=1,
+    metavar="N",
+    help="Sync up to N accounts at the same time.",
+)
+@click.option(
+    "--every",
+    metavar="INTERVAL",
+    help="Keep running: sync every INTERVAL (e.g. 300, 5m, 1h), backing off after failures.",
+)
+def sync(
+    accounts: tuple[str, ...],
+    as_json: bool,
+    wait: float,
+    accept_new_uidls: bool,
+    jobs: int,
+    every: str | None,
+) -> None:
+    """Fetch new mail for the named accounts (all when none named)."""
+    env = current_env()
+    interval = _interval(every) if every is not None else None
+
+    def once(signals: Signals) -> int:
+        selected = env.load_config().select(accounts)
+
+        def one(account: Account) -> tuple[int, dict[str, Any]]:
+            signals.check()
+            return sync_one(env, account, wait, signals, accept_new_uidls)
+
+        if jobs > 1 and len(selected) > 1:
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(max_workers=jobs) as pool:
+                results = list(pool.map(one, selected))
+        else:
+            results = [one(account) for account in selected]
+        if as_json:
+            env.print_json({"accounts": [r for _, r in results]})
+        if signals.received is not None:
+            return ExitCode.INTERRUPTED if signals.received == 2 else ExitCode.TERMINATED
+        return combine([c for c, _ in results])
+
+    def run() -> int:
+        signals = Signals()
+        signals.install()
+        if interval is None:
+            return once(signals)
+        failures = 0
+        while True:
+            code = once(signals)
+            if signals.received is not None:
+                return code
+            failures = failures + 1 if code else 0
+            # Back off after failures: double the pause each time, up to an hour.
+            pause = min(interval * 2**failures, max(interval, 3600.0))
+            if failures:
+                env.info(f"next try in {pause:.0f} s", level=1)
+            if signals.sleep(pause):
+                return ExitCode.OK  # asked to stop between runs: a clean exit
+
+    guard(env, run)
+
+
+def _interval(text: str) -> float:
+    """Parse ``300``, ``30s``, ``5m``, ``1h``, ``1d`` into seconds (at least 1)."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    value = text.strip().lower()
+    scale = units.get(value[-1:], 0)
+    number = value[:-1] if scale else value
+    if not scale:
+        scale = 1
+    try:
+        seconds = float(number) * scale
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not an interval like 300, 30s, 5m or 1h") from None
+    if not seconds >= 1:
+        raise click.BadParameter("the interval must be at least one second")
+    return seconds
+
+
+def sync_one(
+    env: Environment, account: Account, wait: float, signals: Signals, accept_new_uidls: bool
+) -> tuple[int, dict[str, Any]]:
+    """Sync one account with its own seen-store connection (so jobs can run in
+    threads), and say how it went: its status, and its ``--json`` report."""
+    from fetchpop.sync import run_account
+
+    progress = Progress(env, account.name)
+    if account.tls == "off" and env.warn_clear_text:
+        env.warn(
+            f'{account.name}: warning: tls = "off": password and mail cross '
+            "the network in clear text"
+        )
+    with env.open_store() as store:
+        outcome = run_account(
+            account,
+            store,
+            env.state_dir(),
+            env.password_source(account),
+            wait=wait,
+            log=transcript(env, account.name),
+            progress=progress if progress.enabled else None,
+            checkpoint=signals.check,
+            accept_new_uidls=accept_new_uidls,
+            on_message=message_line(env, account.name, progress),
+        )
+    progress.done()
+    if outcome.error is not None:
+        env.error(f"{account.name}: {outcome.message}")
+    report: dict[str, Any] = {"account": account.name}
+    result = outcome.result
+    if result is not None:
+        for warning in result.warnings:
+            env.warn(f"{account.name}: {warning}")
+        for note in result.notes:
+            env.info(f"{account.name}: {note}")
+        for uidl, why in result.skipped:
+            env.info(f"{account.name}: skipped {sanitize(uidl)}: {why}")
+        env.info(
+            f"{account.name}: {result.fetched} new message(s), {size(result.octets)}, "
+            f"{result.deleted} deleted, {len(result.skipped)} skipped"
+        )
+        report.update(
+            fetched=result.fetched,
+            octets=result.octets,
+            deleted=result.deleted,
+            skipped=[{"uidl": u, "reason": r} for u, r in result.skipped],
+            warnings=result.warnings,
+            server_messages=result.server_messages,
+        )
+    ok = outcome.error is None
+    report.update(ok=ok, exit_code=outcome.code, error=None if ok else outcome.message)
+    return outcome.code, report
+
+
+@main.command()
+@click.argument("accounts", nargs=-1)
+@json_option
+def check(accounts: tuple[str, ...], as_json: bool) -> None:
+    """Show what sync would fetch and delete now; change nothing anywhere."""
+    env = current_env()
+
+    def run() -> int:
+        from fetchpop.sync import Known, check_account
+
+        config = env.load_config()
+        codes, reports = [], []
+        known_by_mailbox = _read_known(env, config.select(accounts))
+        for account in config.select(accounts):
+            try:
+                plan = check_account(
+                    account,
+                    known_by_mailbox.get(account.mailbox, Known()),
+                    env.password_source(account),
+                    log=transcript(env, account.name),
+                )
+            except FetchpopError as exc:
+                env.error(f"{account.name}: {one_line(exc)}")
+                codes.append(failure(exc)[0])
+                reports.append({"account": account.name, "ok": False, "error": one_line(exc)})
+                continue
+            codes.append(0)
+            fetch: list[dict[str, Any]] = [
+                {"uidl": m.uidl, "number": m.number, "size": m.size} for m in plan.fetch
+            ]
+            delete: list[dict[str, Any]] = [
+                {"uidl": m.uidl, "number": m.number, "reason": r} for m, r in plan.delete
+            ]
+            skip: list[dict[str, Any]] = [
+                {"uidl": m.uidl, "number": m.number, "reason": r} for m, r in plan.skip
+            ]
+            reports.append(
+                {
+                    "account": account.name,
+                    "ok": True,
+                    "server_messages": len(plan.messages),
+                    "fetch": fetch,
+                    "delete": delete,
+                    "skip": skip,
+                }
+            )
+            if not as_json:
+                octets = sum(m.size or 0 for m in plan.fetch)
+                print(
+                    f"{account.name}: {len(plan.messages)} on server, {len(plan.fetch)} to fetch "
+                    f"({size(octets)}), {len(plan.delete)} to delete, {len(plan.skip)} to skip",
+                    file=env.stdout,
+                )
+                for verb, items in (("delete", delete), ("skip", skip)):
+                    for item in items:
+                        print(
+                            f"  {verb} {sanitize(str(item['uidl']))}: {item['reason']}",
+                            file=env.stdout,
+                        )
+                if env.verbose:
+                    for item in fetch:
+                        print(
+                            f"  fetch {sanitize(str(item['uidl']))} ({item['size']} octets)",
+                            file=env.stdout,
+                        )
+        if as_json:
+            env.print_json({"accounts": reports})
+        return combine(codes)
+
+    guard(env, run)
+
+
+def _read_known(env: Environment, accounts: list[Account]) -> dict[tuple[str, int, str], Known]:
+    """What the store knows per mailbox, read without creating or changing it."""
+    from fetchpop.seenstore import SeenStore
+    from fetchpop.sync import read_known
+
+    path = env.store_path()
+    if not path.exists():
+        return {}
+    out = {}
+    with SeenStore(path, readonly=True) as store:
+        for account in accounts:
+            mailbox = store.mailbox_id(*account.mailbox, create=False)
+            if mailbox is not None:
+                out[account.mailbox] = read_known(store, mailbox)
+    return out
+
+
+@main.command()
+@click.argument("accounts", nargs=-1)
+@json_option
+def status(accounts: tuple[str, ...], as_json: bool) -> None:
+    """Show local state: last sync, its result, messages known."""
+    env = current_env()
+
+    def run() -> int:
+        from fetchpop.seenstore import SeenStore
+
+        config = env.load_config()
+        selected = config.select(accounts)
+        path = env.store_path()
+        rows = []
+        store = SeenStore(path, readonly=True) if path.exists() else None
+        try:
+            for account in selected:
+                row: dict[str, Any] = {"account": account.name, "known": 0, "last_run": None}
+                mailbox = store.mailbox_id(*account.mailbox, create=False) if store else None
+                if store and mailbox is not None:
+                    row["known"] = store.count(mailbox)
+                    last = store.last_run(account.name)
+                    if last:
+                        row["last_run"] = dataclasses.asdict(last)
+                rows.append(row)
+        finally:
+            if store:
+                store.close()
+        if as_json:
+            env.print_json({"store": str(path), "accounts": rows})
+            return 0
+        for row in rows:
+            last = row["last_run"]
+            if last is None:
+                when = "never synced"
+            else:
+                stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(last["finished"]))
+                result = (
+                    "ok"
+                    if last["exit_code"] == 0
+                    else f"failed ({last['exit_code']}): {last['message']}"
+                )
+                when = (
+                    f"last sync {stamp}: {result}; "
+                    f"{last['fetched']} fetched, {last['deleted']} deleted"
+                )
+            print(f"{row['account']}: {row['known']} messages known; {when}", file=env.stdout)
+        return 0
+
+    guard(env, run)
