@@ -20,6 +20,8 @@ from pathlib import Path
 import pytest
 from courier import Courier, require_courier
 
+pytestmark = pytest.mark.servers
+
 GREETING = b"+OK Hello there.\r\n"
 CAPA_TAIL = (
     b"TOP\r\nUSER\r\nLOGIN-DELAY 10\r\nPIPELINING\r\nUIDL\r\nUTF8 USER\r\n"

@@ -18,6 +18,8 @@ from collections.abc import Iterator
 import pytest
 from popa3d import Popa3d, _live_members, mbox_entry, require_popa3d
 
+pytestmark = pytest.mark.servers
+
 FROM = b"From MAILER-DAEMON Thu Dec  4 10:00:00 2025\n"
 NO_HEADERS_UIDL = "d98c1dd404b2008f"  # the UIDL of every message without hashed headers
 

@@ -28,6 +28,8 @@ from typing import Any
 import pytest
 from runner import Home, account_toml, maildir_messages
 
+pytestmark = pytest.mark.servers
+
 SERVERS = ("courier", "cyrus", "popa3d")
 #: The TLS modes each serves (popa3d: clear text only).
 MODES = {"courier": ("starttls", "implicit"), "cyrus": ("starttls", "implicit"), "popa3d": ("off",)}
