@@ -414,7 +414,8 @@ def test_auth_login_oauthbearer_and_cancel() -> None:
 
 
 def test_auth_scram_sha_256_with_fetchpop_client_mechanism() -> None:
-    auth = pytest.importorskip("fetchpop.pop3.auth")
+    from fetchpop.pop3 import auth
+
     mech = auth.scram("sha256", "alice", "secret")
     with running() as server, closing(connect(server)) as sock:
         read_until(sock, b"\r\n")

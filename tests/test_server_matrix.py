@@ -147,8 +147,10 @@ def test_the_corpus_arrives_as_served_and_only_once(
     delivered = maildir_messages(mail)
     assert delivered == sorted(body for _, body in served)
     # UTF8 (RFC 6856) was sent where offered: Courier serves the message
-    # itself, not its "Cannot display Unicode content" wrapper.
-    assert any(b"Subject: 8-bit \xc3\xa9t\xc3\xa9 in a header\n" in m for m in delivered)
+    # itself, not its "Cannot display Unicode content" wrapper. Cyrus stores
+    # 8-bit header bytes as "X" (munge8bit): delivered as it serves them.
+    subject = b"8-bit XXtXX" if name == "cyrus" else b"8-bit \xc3\xa9t\xc3\xa9"
+    assert any(b"Subject: " + subject + b" in a header\n" in m for m in delivered)
     assert not any(b"Cannot display Unicode content" in m for m in delivered)
 
     again, problems = sync(home)
@@ -217,3 +219,27 @@ def test_popa3d_identical_messages_share_a_uidl_and_each_arrives_once(
     assert again.code == 0, again
     assert len(maildir_messages(mail)) == 3
     assert server.count(user) == (3 if keep else 0)
+
+
+@pytest.mark.parametrize("mode", MODES["cyrus"])
+def test_cyrus_auto_logs_in_with_auth_plain_and_its_headers_are_delivered(
+    mode: str, servers: Callable[[str], Any], home: Home, tmp_path: Path
+) -> None:
+    """Cyrus offers SASL PLAIN under TLS, which auth = "auto" takes; it drops
+    whatever is pipelined behind AUTH, so the listing must wait for its reply.
+    lmtpd prepends Return-Path, Received, X-Cyrus-Session-Id and X-Sieve."""
+    server = servers("cyrus")
+    user, password = new_user(server)
+    server.add_message(user, corpus()[0])
+    mail = tmp_path / "Mail"
+    home.write_config(config(server, mode, user, password, mail, auth="auto"))
+    result, _ = sync(home, "-vv")
+    assert result.code == 0, result
+    sent = [line for line in result.stderr.splitlines() if ": C: " in line]
+    at = next(i for i, line in enumerate(sent) if line.endswith("C: AUTH PLAIN ***"))
+    assert sent[at + 1 :][:3] == [f"matrix: C: {c}" for c in ("CAPA", "UIDL", "LIST")]
+    [message] = maildir_messages(mail)
+    head = message.split(b"\n\n", 1)[0]
+    for name in (b"Return-Path:", b"Received:", b"X-Cyrus-Session-Id:", b"X-Sieve:"):
+        assert name in head
+    assert message.endswith(corpus()[0].split(b"\n", 1)[1])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -15,7 +16,7 @@ from fetchpop.errors import ExitCode, FetchpopError, one_line, sanitize
 
 if TYPE_CHECKING:
     from fetchpop.config import Account
-    from fetchpop.sync import Known
+    from fetchpop.sync import Known, Plan
 
 
 @main.command()
@@ -84,20 +85,27 @@ def sync(
         signals.install()
         if interval is None:
             return once(signals)
-        failures = 0
-        while True:
-            code = once(signals)
-            if signals.received is not None:
-                return code
-            failures = failures + 1 if code else 0
-            # Back off after failures: double the pause each time, up to an hour.
-            pause = min(interval * 2**failures, max(interval, 3600.0))
-            if failures:
-                env.info(f"next try in {pause:.0f} s", level=1)
-            if signals.sleep(pause):
-                return ExitCode.OK  # asked to stop between runs: a clean exit
+        return _every(env, interval, signals, once)
 
     guard(env, run)
+
+
+def _every(
+    env: Environment, interval: float, signals: Signals, once: Callable[[Signals], int]
+) -> int:
+    """``sync --every``: a round every *interval* seconds until a signal."""
+    failures = 0
+    while True:
+        code = once(signals)
+        if signals.received is not None:
+            return code
+        failures = failures + 1 if code else 0
+        # Back off after failures: double the pause each time, up to an hour.
+        pause = min(interval * 2**failures, max(interval, 3600.0))
+        if failures:
+            env.info(f"next try in {pause:.0f} s", level=1)
+        if signals.sleep(pause):
+            return ExitCode.OK  # asked to stop between runs: a clean exit
 
 
 def _interval(text: str) -> float:
@@ -199,49 +207,45 @@ def check(accounts: tuple[str, ...], as_json: bool) -> None:
                 reports.append({"account": account.name, "ok": False, "error": one_line(exc)})
                 continue
             codes.append(0)
-            fetch: list[dict[str, Any]] = [
-                {"uidl": m.uidl, "number": m.number, "size": m.size} for m in plan.fetch
-            ]
-            delete: list[dict[str, Any]] = [
-                {"uidl": m.uidl, "number": m.number, "reason": r} for m, r in plan.delete
-            ]
-            skip: list[dict[str, Any]] = [
-                {"uidl": m.uidl, "number": m.number, "reason": r} for m, r in plan.skip
-            ]
-            reports.append(
-                {
-                    "account": account.name,
-                    "ok": True,
-                    "server_messages": len(plan.messages),
-                    "fetch": fetch,
-                    "delete": delete,
-                    "skip": skip,
-                }
-            )
+            report = _plan_report(account.name, plan)
+            reports.append(report)
             if not as_json:
-                octets = sum(m.size or 0 for m in plan.fetch)
-                print(
-                    f"{account.name}: {len(plan.messages)} on server, {len(plan.fetch)} to fetch "
-                    f"({size(octets)}), {len(plan.delete)} to delete, {len(plan.skip)} to skip",
-                    file=env.stdout,
-                )
-                for verb, items in (("delete", delete), ("skip", skip)):
-                    for item in items:
-                        print(
-                            f"  {verb} {sanitize(str(item['uidl']))}: {item['reason']}",
-                            file=env.stdout,
-                        )
-                if env.verbose:
-                    for item in fetch:
-                        print(
-                            f"  fetch {sanitize(str(item['uidl']))} ({item['size']} octets)",
-                            file=env.stdout,
-                        )
+                _show_plan(env, report, plan)
         if as_json:
             env.print_json({"accounts": reports})
         return combine(codes)
 
     guard(env, run)
+
+
+def _plan_report(name: str, plan: Plan) -> dict[str, Any]:
+    """``check --json``'s report of one account."""
+    return {
+        "account": name,
+        "ok": True,
+        "server_messages": len(plan.messages),
+        "fetch": [{"uidl": m.uidl, "number": m.number, "size": m.size} for m in plan.fetch],
+        "delete": [{"uidl": m.uidl, "number": m.number, "reason": r} for m, r in plan.delete],
+        "skip": [{"uidl": m.uidl, "number": m.number, "reason": r} for m, r in plan.skip],
+    }
+
+
+def _show_plan(env: Environment, report: dict[str, Any], plan: Plan) -> None:
+    """``check``'s lines for one account (with ``-v``, what it would fetch too)."""
+    octets = sum(m.size or 0 for m in plan.fetch)
+    print(
+        f"{report['account']}: {len(plan.messages)} on server, {len(plan.fetch)} to fetch "
+        f"({size(octets)}), {len(plan.delete)} to delete, {len(plan.skip)} to skip",
+        file=env.stdout,
+    )
+    for verb in ("delete", "skip"):
+        for item in report[verb]:
+            print(f"  {verb} {sanitize(str(item['uidl']))}: {item['reason']}", file=env.stdout)
+    if env.verbose:
+        for item in report["fetch"]:
+            print(
+                f"  fetch {sanitize(str(item['uidl']))} ({item['size']} octets)", file=env.stdout
+            )
 
 
 def _read_known(env: Environment, accounts: list[Account]) -> dict[tuple[str, int, str], Known]:
