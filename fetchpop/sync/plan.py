@@ -42,8 +42,14 @@ class Plan:
 
 
 def server_messages(client: Client) -> tuple[list[ServerMessage], int]:
+    """The logged-in *client*'s maildrop, as :func:`merge_listings` gives it."""
+    return merge_listings(*client.maildrop())
+
+
+def merge_listings(
+    listing: list[tuple[int, str]], sizes: dict[int, int]
+) -> tuple[list[ServerMessage], int]:
     """UIDL and LIST merged; repeated UIDLs get distinct keys. Returns (messages, repeats)."""
-    listing, sizes = client.maildrop()
     missing = next((n for n, _ in listing if n not in sizes), None)
     if missing is not None:
         # LIST's size is what bounds the RETR (SPEC promise 4: bounded).

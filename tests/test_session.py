@@ -1,0 +1,126 @@
+"""The Session and run_account in-process, against the scripted server, and
+commands driven in-process through click's CliRunner with an injected
+Environment (the subprocess tests keep exit codes, signals and real servers)."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from fakepop import FakePOP3, Fault, drop
+from runner import account_toml, maildir_messages
+
+from fetchpop.cli import Environment, main
+from fetchpop.config import Account
+from fetchpop.deliver import DeliverySpec
+from fetchpop.errors import ConnectionLostError, ExitCode
+from fetchpop.locks import MailboxLock
+from fetchpop.seenstore import SeenStore
+from fetchpop.sync import Session, run_account
+
+MESSAGES = [b"Subject: %d\n\nbody %d\n" % (n, n) for n in range(1, 6)]
+
+
+def account(server: FakePOP3, mail: Path, **keys: object) -> Account:
+    base = Account(
+        name="home",
+        host="127.0.0.1",
+        user="alice",
+        port=server.port,
+        tls="off",
+        deliver=DeliverySpec("maildir", mail),
+        timeout=5.0,
+    )
+    return dataclasses.replace(base, **keys)  # type: ignore[arg-type]
+
+
+def secret() -> str:
+    return "secret"
+
+
+def test_a_session_delivers_records_and_deletes(tmp_path: Path) -> None:
+    mail = tmp_path / "Mail"
+    with (
+        FakePOP3(MESSAGES) as server,
+        SeenStore(tmp_path / "store.sqlite3") as store,
+    ):
+        result = Session(account(server, mail, keep=False), store, secret).run()
+        assert (result.fetched, result.deleted, result.server_messages) == (5, 5, 5)
+        assert maildir_messages(mail) == sorted(MESSAGES)
+        assert server.mailbox.messages == []
+        mailbox = store.mailbox_id("127.0.0.1", server.port, "alice")
+        assert mailbox is not None and set(store.seen(mailbox)) == {f"uid-{n}" for n in range(1, 6)}
+        assert store.intents(mailbox) == []
+
+
+def test_a_dropped_connection_keeps_what_was_recorded_and_deletes_nothing(
+    tmp_path: Path,
+) -> None:
+    mail = tmp_path / "Mail"
+    with (
+        FakePOP3(MESSAGES, faults=[Fault("RETR 3", drop(after=10))]) as server,
+        SeenStore(tmp_path / "store.sqlite3") as store,
+    ):
+        session = Session(account(server, mail, keep=False), store, secret)
+        with pytest.raises(ConnectionLostError):
+            session.run()
+        assert session.result.fetched == 2
+        assert maildir_messages(mail) == sorted(MESSAGES[:2])
+        assert server.commands_named("DELE") == []
+        assert len(server.mailbox.messages) == 5
+        mailbox = store.mailbox_id("127.0.0.1", server.port, "alice")
+        assert mailbox is not None and set(store.seen(mailbox)) == {"uid-1", "uid-2"}
+
+
+def test_run_account_takes_the_lock_and_writes_the_run_record(tmp_path: Path) -> None:
+    mail = tmp_path / "Mail"
+    state = tmp_path / "state"
+    with FakePOP3(MESSAGES) as server, SeenStore(tmp_path / "store.sqlite3") as store:
+        acct = account(server, mail)
+        with MailboxLock(state, acct.mailbox) as held:
+            held.acquire()
+            locked = run_account(acct, store, state, secret)
+        assert locked.code == ExitCode.TEMPFAIL and locked.result is None
+        assert locked.message == "mailbox is being synced by another fetchpop run"
+        done = run_account(acct, store, state, secret)
+        assert done.code == 0 and done.message == "ok"
+        assert done.result is not None and done.result.fetched == 5
+        record = store.last_run("home")
+        assert record is not None and (record.exit_code, record.fetched) == (0, 5)
+
+
+def test_commands_run_in_process_with_an_injected_environment(tmp_path: Path) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text(
+        account_toml(
+            "home", host="pop.example.org", user="alice", deliver=f"maildir:{tmp_path / 'M'}"
+        )
+    )
+    out, err = io.StringIO(), io.StringIO()
+    env = Environment(
+        stdout=out,
+        stderr=err,
+        stdin_isatty=False,
+        stderr_isatty=False,
+        environ={"HOME": str(tmp_path)},
+        state_override=tmp_path / "state",
+    )
+    result = CliRunner().invoke(main, ["-c", str(config), "accounts", "--json"], obj=env)
+    assert result.exit_code == 0 and err.getvalue() == "", err.getvalue()
+    data = json.loads(out.getvalue())
+    assert [a["name"] for a in data["accounts"]] == ["home"]
+    assert data["accounts"][0]["port"] == 995
+
+
+def test_an_in_process_command_failure_goes_through_the_one_funnel(tmp_path: Path) -> None:
+    out, err = io.StringIO(), io.StringIO()
+    env = Environment(stdout=out, stderr=err, environ={"HOME": str(tmp_path)})
+    missing = tmp_path / "nothing.toml"
+    result = CliRunner().invoke(main, ["-c", str(missing), "status"], obj=env)
+    assert result.exit_code == ExitCode.CONFIG
+    assert err.getvalue().startswith(f"fetchpop: {missing}: ")
+    assert out.getvalue() == ""
