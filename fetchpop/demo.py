@@ -2,7 +2,8 @@
 
 It lets someone try fetchpop with no mail server at all. It speaks just
 enough of RFC 1939 (USER/PASS, STAT, LIST, UIDL, RETR, DELE, RSET, NOOP, QUIT,
-CAPA) for a real sync, over clear text on 127.0.0.1 only.
+CAPA) for a real sync, over clear text on 127.0.0.1 only;
+:func:`write_demo_config` writes the account for it.
 """
 
 from __future__ import annotations
@@ -10,7 +11,11 @@ from __future__ import annotations
 import socket
 import socketserver
 import threading
+from collections.abc import Mapping
 from email.utils import formatdate
+from pathlib import Path
+
+from fetchpop.config.writer import account_table, validate, write_config
 
 USER = "demo"
 PASSWORD = "demo"  # noqa: S105 - a throwaway account on a loopback demo server
@@ -33,6 +38,32 @@ _BODIES = [
 ]
 
 
+def write_demo_config(path: Path, port: int, mail: Path, environ: Mapping[str, str]) -> None:
+    """Write the config of the demo account: the server on *port*, into the Maildir *mail*.
+
+    It replaces what is at *path* (an earlier demo's config) and is private,
+    since it holds the password. Raises ConfigError, writing nothing, when it
+    would not load.
+    """
+    keys = {
+        "host": "127.0.0.1",
+        "port": port,
+        "tls": "off",
+        "user": USER,
+        "password": PASSWORD,
+        "deliver": f"maildir:{mail}",
+        "keep": False,
+    }
+    notes = {
+        "tls": "the demo server is on this machine; never for a real one",
+        "keep": "delete from the server once safely delivered",
+    }
+    header = "Written by `fetchpop demo`: a POP3 server on this machine with sample mail."
+    text = account_table("demo", keys, comments=[header], notes=notes)
+    validate(path, text, environ)
+    write_config(path, text, mode=0o600)
+
+
 def sample_messages() -> list[bytes]:
     """The demo mailbox: a few short messages with LF line ends."""
     out = []
@@ -50,15 +81,16 @@ def sample_messages() -> list[bytes]:
 
 class _Handler(socketserver.StreamRequestHandler):
     server: DemoServer
+    #: The session's state: the messages marked deleted, the USER given, logged in.
+    deleted: set[int]
+    user: str | None
+    authed: bool
 
     def _send(self, line: str) -> None:
         self.wfile.write(line.encode() + b"\r\n")
 
     def handle(self) -> None:
-        box = self.server
-        deleted: set[int] = set()
-        user = None
-        authed = False
+        self.deleted, self.user, self.authed = set(), None, False
         self._send("+OK fetchpop demo server ready")
         while True:
             raw = self.rfile.readline(1024)
@@ -66,55 +98,65 @@ class _Handler(socketserver.StreamRequestHandler):
                 return
             words = raw.decode("ascii", "replace").strip().split()
             cmd, args = (words[0].upper(), words[1:]) if words else ("", [])
-            with box.lock:
-                live = [(i, m) for i, m in enumerate(box.messages, 1) if i not in deleted]
-                if cmd == "CAPA":
-                    self._send("+OK\r\nUSER\r\nUIDL\r\nPIPELINING\r\n.")
-                elif cmd == "USER" and args:
-                    user = args[0]
-                    self._send("+OK")
-                elif cmd == "PASS" and args:
-                    authed = user == USER and args[0] == PASSWORD
-                    self._send("+OK logged in" if authed else "-ERR [AUTH] wrong password")
-                elif cmd == "QUIT":
-                    if authed:
-                        box.messages = [
-                            m for i, m in enumerate(box.messages, 1) if i not in deleted
-                        ]
-                    self._send("+OK bye")
+            with self.server.lock:
+                if cmd == "QUIT":
+                    self._quit()
                     return
-                elif not authed:
-                    self._send("-ERR log in first")
-                elif cmd == "STAT":
-                    self._send(f"+OK {len(live)} {sum(len(m) for _, m in live)}")
-                elif cmd in ("LIST", "UIDL") and not args:
-                    # LIST sizes count CRLF line ends, as on the wire.
-                    lines = [
-                        f"{i} {box.octets(m)}" if cmd == "LIST" else f"{i} {box.uidl(m)}"
-                        for i, m in live
-                    ]
-                    self._send("\r\n".join(["+OK", *lines, "."]))
-                elif cmd in ("RETR", "DELE") and args and args[0].isdigit():
-                    number = int(args[0])
-                    found = dict(live).get(number)
-                    if found is None:
-                        self._send("-ERR no such message")
-                    elif cmd == "DELE":
-                        deleted.add(number)
-                        self._send("+OK deleted")
-                    else:
-                        stuffed = [
-                            (b"." + ln if ln.startswith(b".") else ln)
-                            for ln in found.rstrip(b"\n").split(b"\n")
-                        ]
-                        self.wfile.write(b"+OK\r\n" + b"\r\n".join(stuffed) + b"\r\n.\r\n")
-                elif cmd == "RSET":
-                    deleted.clear()
-                    self._send("+OK")
-                elif cmd == "NOOP":
-                    self._send("+OK")
-                else:
-                    self._send("-ERR unknown command")
+                self._reply(cmd, args)
+
+    def _quit(self) -> None:
+        box = self.server
+        if self.authed:
+            box.messages = [m for i, m in enumerate(box.messages, 1) if i not in self.deleted]
+        self._send("+OK bye")
+
+    def _reply(self, cmd: str, args: list[str]) -> None:
+        if cmd == "CAPA":
+            self._send("+OK\r\nUSER\r\nUIDL\r\nPIPELINING\r\n.")
+        elif cmd == "USER" and args:
+            self.user = args[0]
+            self._send("+OK")
+        elif cmd == "PASS" and args:
+            self.authed = self.user == USER and args[0] == PASSWORD
+            self._send("+OK logged in" if self.authed else "-ERR [AUTH] wrong password")
+        elif not self.authed:
+            self._send("-ERR log in first")
+        else:
+            self._transaction(cmd, args)
+
+    def _transaction(self, cmd: str, args: list[str]) -> None:
+        box = self.server
+        live = [(i, m) for i, m in enumerate(box.messages, 1) if i not in self.deleted]
+        if cmd == "STAT":
+            self._send(f"+OK {len(live)} {sum(len(m) for _, m in live)}")
+        elif cmd in ("LIST", "UIDL") and not args:
+            # LIST sizes count CRLF line ends, as on the wire.
+            lines = [
+                f"{i} {box.octets(m)}" if cmd == "LIST" else f"{i} {box.uidl(m)}" for i, m in live
+            ]
+            self._send("\r\n".join(["+OK", *lines, "."]))
+        elif cmd in ("RETR", "DELE") and args and args[0].isdigit():
+            self._message(cmd, int(args[0]), dict(live).get(int(args[0])))
+        elif cmd == "RSET":
+            self.deleted.clear()
+            self._send("+OK")
+        elif cmd == "NOOP":
+            self._send("+OK")
+        else:
+            self._send("-ERR unknown command")
+
+    def _message(self, cmd: str, number: int, found: bytes | None) -> None:
+        if found is None:
+            self._send("-ERR no such message")
+        elif cmd == "DELE":
+            self.deleted.add(number)
+            self._send("+OK deleted")
+        else:
+            stuffed = [
+                (b"." + ln if ln.startswith(b".") else ln)
+                for ln in found.rstrip(b"\n").split(b"\n")
+            ]
+            self.wfile.write(b"+OK\r\n" + b"\r\n".join(stuffed) + b"\r\n.\r\n")
 
 
 class DemoServer(socketserver.ThreadingTCPServer):

@@ -45,8 +45,8 @@ def get_password(
 
     Raises AuthError when the password command fails or no source has a password.
     """
-    if account.password_command is not None:
-        return _from_command(account.password_command, account.timeout, run)
+    if account.password_argv is not None:
+        return _from_command(account.password_argv, account.timeout, run)
     if account.password is not None:
         return account.password
     who = keyring_username(account)
@@ -70,21 +70,15 @@ def get_password(
     raise AuthError(message)
 
 
-def _from_command(command: str, timeout: float, run: Runner | None) -> str:
-    # (Imported here: most runs read no password command.)
-    import shlex
+def _from_command(argv: tuple[str, ...], timeout: float, run: Runner | None) -> str:
+    # (Imported here: most runs read no password command.) The config split
+    # the command into words once, when it was loaded.
     import subprocess
 
-    try:
-        argv = shlex.split(command)
-    except ValueError as exc:
-        raise AuthError(f"password_command cannot be split into words: {exc}") from None
-    if not argv:
-        raise AuthError("password_command is empty")
     name = sanitize(argv[0], limit=80)
     try:
         result = (run or subprocess.run)(
-            argv,
+            list(argv),
             stdin=subprocess.DEVNULL,
             capture_output=True,
             timeout=timeout,

@@ -198,6 +198,16 @@ def test_valid_value(tmp_path: Path, line: str, key: str, expected: object) -> N
     assert type(getattr(account, key)) is type(expected)
 
 
+def test_password_command_is_split_once_into_argv(tmp_path: Path) -> None:
+    account = one_account(tmp_path, "password_command = \"pass show 'mail/home x'\"\n")
+    assert account.password_command == "pass show 'mail/home x'"  # as written, for `accounts`
+    assert account.password_argv == ("pass", "show", "mail/home x")  # what runs
+    changed = dataclasses.replace(account, password_command="printf %s 'a b'")
+    assert changed.password_argv == ("printf", "%s", "a b")
+    assert dataclasses.replace(account, password_command=None).password_argv is None
+    assert one_account(tmp_path, "").password_argv is None
+
+
 def test_ca_file_must_exist_and_is_expanded(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -224,7 +234,56 @@ def test_unset_variable_in_path_is_an_error(
     monkeypatch.delenv("FETCHPOP_NO_SUCH_VAR", raising=False)
     line = one_problem(tmp_path, 'ca_file = "$FETCHPOP_NO_SUCH_VAR/ca.pem"\n')
     assert 'key "ca_file"' in line
-    assert "$FETCHPOP_NO_SUCH_VAR is not set" in line
+    # The words deliver has always used (fetchpop.paths: one rule for both keys).
+    assert (
+        "environment variable $FETCHPOP_NO_SUCH_VAR in '$FETCHPOP_NO_SUCH_VAR/ca.pem' is not set"
+    ) in line
+
+
+def ca_file_problem(tmp_path: Path, value: str, environ: dict[str, str]) -> str:
+    path = write(tmp_path, MINIMAL + f"ca_file = {json.dumps(value)}\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path, environ=environ)
+    (line,) = info.value.problems
+    prefix = f'{path}: account "home": key "ca_file": '
+    assert line.startswith(prefix), line
+    return line.removeprefix(prefix)
+
+
+@pytest.mark.parametrize(
+    ("value", "environ", "message"),
+    [
+        # Was the password database's home directory (or the process's $HOME).
+        ("~/ca.pem", {}, "cannot expand ~ in '~/ca.pem': HOME is not set"),
+        ("~/ca.pem", {"HOME": ""}, "cannot expand ~ in '~/ca.pem': HOME is empty"),
+        # Was //fetchpop-no-such-ca.pem.
+        ("~/fetchpop-no-such-ca.pem", {"HOME": "/"}, "no such file: /fetchpop-no-such-ca.pem"),
+        # ~ is expanded before $VAR, as in a shell: a value's ~ is a plain
+        # character (was: expanded, since variables came first).
+        ("$D/ca.pem", {"HOME": "/home/a", "D": "~/certs"}, "no such file: ~/certs/ca.pem"),
+        ("~$U/ca.pem", {"U": "root"}, "no such file: ~root/ca.pem"),
+        # Was "no such file: a?b".
+        ("a\0b", {}, "path 'a\\x00b' contains a NUL character"),
+    ],
+)
+def test_ca_file_is_expanded_as_deliver_is(
+    tmp_path: Path, value: str, environ: dict[str, str], message: str
+) -> None:
+    assert ca_file_problem(tmp_path, value, environ) == message
+
+
+def test_relative_ca_file_is_relative_to_the_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "ca.pem").write_text("x")
+    monkeypatch.chdir(tmp_path)
+    assert one_account(tmp_path, 'ca_file = "ca.pem"\n').ca_file == Path("ca.pem")
+
+
+def test_environ_argument_is_used_for_deliver_too(tmp_path: Path) -> None:
+    path = write(tmp_path, MINIMAL.replace("mda:/usr/bin/true", "maildir:~/$BOX"))
+    config = load_config(path, environ={"HOME": "/home/zed", "BOX": "inbox"})
+    assert config.accounts["home"].deliver.path == Path("/home/zed/inbox")
 
 
 def test_missing_ca_file_names_the_expanded_path(
@@ -658,7 +717,8 @@ def test_to_public_dict_deliver_round_trips(tmp_path: Path) -> None:
 
 
 def test_key_table_matches_account_fields() -> None:
-    fields = [f.name for f in dataclasses.fields(Account)]
+    # (password_argv is made from password_command, not a key of its own.)
+    fields = [f.name for f in dataclasses.fields(Account) if f.init]
     assert sorted(fields) == sorted(["name", *ACCOUNT_KEYS])
     for name, spec in ACCOUNT_KEYS.items():
         assert spec.name == name

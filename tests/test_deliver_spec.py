@@ -73,6 +73,15 @@ def test_an_explicit_environment_is_used_instead_of_os_environ() -> None:
         parse_deliver("maildir:~/Mail", {})
 
 
+def test_an_empty_home_is_an_error_not_the_root() -> None:
+    # Was maildir:/Mail and an mda word /bin/x: ~ is $HOME, and "" is no home.
+    with pytest.raises(ValueError, match="cannot expand ~ in '~/Mail': HOME is empty"):
+        parse_deliver("maildir:~/Mail", {"HOME": ""})
+    with pytest.raises(ValueError, match="HOME is empty"):
+        parse_deliver("mda:~/bin/x", {"HOME": ""})
+    assert parse_deliver("maildir:~/Mail", {"HOME": "/"}).path == Path("/Mail")
+
+
 def test_open_target_kinds(tmp_path: Path) -> None:
     maildir = open_target(parse_deliver(f"maildir:{tmp_path}/Mail"))
     mbox = open_target(parse_deliver(f"mbox:{tmp_path}/mbox"), mbox_lock_timeout=1.0)

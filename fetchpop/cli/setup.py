@@ -33,7 +33,7 @@ def demo(directory: Path | None) -> None:
     def run() -> int:
         import tempfile
 
-        from fetchpop.demo import PASSWORD, USER, DemoServer
+        from fetchpop.demo import DemoServer, write_demo_config
 
         where = directory or Path(tempfile.mkdtemp(prefix="fetchpop-demo-"))
         where = where.resolve()
@@ -42,18 +42,7 @@ def demo(directory: Path | None) -> None:
         mail = where / "Mail"
         out = env.stdout
         with DemoServer() as server:
-            config_path.write_text(
-                "# Written by `fetchpop demo`: a POP3 server on this machine with sample mail.\n"  # noqa: S608
-                "[accounts.demo]\n"
-                'host = "127.0.0.1"\n'
-                f"port = {server.port}\n"
-                'tls = "off"  # the demo server is on this machine; never for a real one\n'
-                f'user = "{USER}"\n'
-                f'password = "{PASSWORD}"\n'
-                f'deliver = "maildir:{mail}"\n'
-                "keep = false           # delete from the server once safely delivered\n"
-            )
-            config_path.chmod(0o600)
+            write_demo_config(config_path, server.port, mail, env.environ)
             print(
                 f"A demo POP3 server with {len(server.messages)} messages is listening on "
                 f"127.0.0.1 port {server.port}.",
@@ -376,13 +365,14 @@ def _store_password(env: Environment, account: Account) -> dict[str, object]:
 
 
 def _append_account(env: Environment, path: Path, name: str, keys: dict[str, object]) -> None:
+    from fetchpop.config.writer import merged_text, validate, write_config
     from fetchpop.importers.common import ImportedAccount, ImportResult
-    from fetchpop.importers.output import check_names, merged_text, render, validate, write_config
+    from fetchpop.importers.output import check_names, render
 
     result = ImportResult("fetchpop init", path, [ImportedAccount(name, keys)])
     check_names(path, result)
     text = merged_text(path, render(result))
     validate(path, text, env.environ)
-    write_config(path, text)
-    if "password" in keys:
-        path.chmod(0o600)  # fetchpop refuses a password in a file others can read
+    # A password makes the file private from its first byte (fetchpop also
+    # refuses a password in a file others can read).
+    write_config(path, text, mode=0o600 if "password" in keys else None)

@@ -1,29 +1,35 @@
 """Where fetched mail goes: a Maildir, an mbox file or an MDA command.
 
 ``parse_deliver`` turns the config value (``maildir:DIR``, ``mbox:FILE``,
-``mda:COMMAND``) into a :class:`DeliverySpec`; ``open_target`` makes the
-:class:`~fetchpop.deliver.base.Target` that a sync session writes to. This
-package is the only code that writes mail.
+``mda:COMMAND``) into a :class:`DeliverySpec`, and ``format_deliver`` writes
+one back; ``open_target`` makes the :class:`~fetchpop.deliver.base.Target`
+that a sync session writes to. This package is the only code that writes mail.
 """
 
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 from fetchpop.deliver.base import Delivery, Target
+from fetchpop.paths import expand_path, expand_user
 
 # The targets are imported by open_target(), each only when it is used: a
 # sync into a Maildir has no use for the mbox and MDA code (start-up time).
-__all__ = ["Delivery", "DeliverySpec", "Target", "open_target", "parse_deliver"]
+__all__ = [
+    "Delivery",
+    "DeliverySpec",
+    "Target",
+    "format_deliver",
+    "open_target",
+    "parse_deliver",
+]
 
 Kind = Literal["maildir", "mbox", "mda"]
 
-_VARIABLE = re.compile(r"\$(?:\{(\w+)\}|(\w+))")
 _FORMS = "maildir:DIR, mbox:FILE or mda:COMMAND"
 
 
@@ -36,32 +42,12 @@ class DeliverySpec:
     command: tuple[str, ...] | None = None
 
 
-def _expand_user(text: str, env: Mapping[str, str]) -> str:
-    if not text.startswith("~"):
-        return text
-    if text != "~" and not text.startswith("~/"):
-        return os.path.expanduser(text)  # ~user, from the password database
-    home = env.get("HOME")
-    if home is None:
-        raise ValueError(f"cannot expand ~ in {text!r}: HOME is not set")
-    return home if text == "~" else home.rstrip("/") + text[1:]
-
-
-def _expand_path(text: str, env: Mapping[str, str]) -> Path:
-    def variable(match: re.Match[str]) -> str:
-        name = match.group(1) or match.group(2)
-        value = env.get(name)
-        if value is None:
-            raise ValueError(f"environment variable ${name} in {text!r} is not set")
-        return value
-
-    expanded = _VARIABLE.sub(variable, _expand_user(text, env))
-    if "\0" in expanded:
-        raise ValueError(f"path {text!r} contains a NUL character")
+def _absolute_path(text: str, env: Mapping[str, str]) -> Path:
+    path = expand_path(text, env)
     # A cron job's working directory is arbitrary: relative paths would wander.
-    if not os.path.isabs(expanded):
+    if not path.is_absolute():
         raise ValueError(f"path {text!r} must be absolute (or start with ~ or $VAR)")
-    return Path(expanded)
+    return path
 
 
 def _split_command(text: str, env: Mapping[str, str]) -> tuple[str, ...]:
@@ -76,7 +62,7 @@ def _split_command(text: str, env: Mapping[str, str]) -> tuple[str, ...]:
     if any("\0" in word for word in words):
         raise ValueError(f"mda command {text!r} contains a NUL character")
     # No shell runs the command, so do the one expansion people rely on.
-    return tuple(_expand_user(word, env) for word in words)
+    return tuple(expand_user(word, env) for word in words)
 
 
 def parse_deliver(value: str, env: Mapping[str, str] | None = None) -> DeliverySpec:
@@ -100,8 +86,17 @@ def parse_deliver(value: str, env: Mapping[str, str] | None = None) -> DeliveryS
         raise ValueError(f"{value!r} lacks the {what} after {kind}:")
     if kind == "mda":
         return DeliverySpec("mda", command=_split_command(rest, env))
-    path = _expand_path(rest, env)
+    path = _absolute_path(rest, env)
     return DeliverySpec("maildir" if kind == "maildir" else "mbox", path=path)
+
+
+def format_deliver(spec: DeliverySpec) -> str:
+    """*spec* written back in the ``deliver`` key's syntax."""
+    if spec.kind == "mda":
+        import shlex  # (only an MDA needs it)
+
+        return "mda:" + shlex.join(spec.command or ())
+    return f"{spec.kind}:{spec.path}"
 
 
 def open_target(

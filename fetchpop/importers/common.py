@@ -15,8 +15,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fetchpop.config import POP3_PORT, POP3S_PORT, expand_path
+from fetchpop.config import POP3_PORT, POP3S_PORT
 from fetchpop.errors import ConfigError, sanitize
+from fetchpop.paths import expand_path
 
 #: Characters that mean a command needs a shell (the peers ran theirs with
 #: ``sh -c``; fetchpop runs commands without one).

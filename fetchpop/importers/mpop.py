@@ -20,7 +20,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fetchpop.config import expand_path
 from fetchpop.errors import ConfigError, sanitize
 from fetchpop.importers.common import (
     ImportedAccount,
@@ -35,6 +34,7 @@ from fetchpop.importers.common import (
     unique_names,
     valid_uidl,
 )
+from fetchpop.paths import expand_path
 
 TOOL = "mpop"
 DEFAULT_UIDLS_FILE = "~/.mpop_uidls/%U_at_%H"
@@ -104,7 +104,6 @@ def parse_mpoprc(text: str, path: Path) -> MpopRc:
     accounts: list[MpopAccount] = []
     by_name: dict[str, MpopAccount] = {}
     current: dict[str, str] | None = None
-    block: MpopAccount | None = None
     warnings: list[str] = []
     for number, raw in enumerate(text.splitlines(), start=1):
         line = raw.rstrip("\r").lstrip(" \t")
@@ -112,28 +111,13 @@ def parse_mpoprc(text: str, path: Path) -> MpopRc:
             continue
         cmd, rest = re.match(r"([^ \t]*)(.*)", line).groups()  # type: ignore[union-attr]
         arg = _trim(rest)
-        if cmd != "account" and cmd != "defaults" and current is None:
-            block = MpopAccount("default", number, dict(defaults))
-            accounts.append(block)
-            by_name[block.name] = block
-            current = block.own
+        if cmd not in ("account", "defaults") and current is None:
+            # Settings before any "account" make an account named "default".
+            current = _new_block("default", number, defaults, accounts, by_name).own
         if cmd == "defaults":
-            current, block = defaults, None
+            current = defaults
         elif cmd == "account":
-            name, colon, parents = arg.partition(":")
-            name = _trim(name)
-            if not name:
-                raise ConfigError(f"{path}: line {number}: missing account name")
-            if name in by_name:
-                raise ConfigError(f"{path}: line {number}: account {name} was already defined")
-            block = MpopAccount(name, number, dict(defaults))
-            for parent in (_trim(p) for p in parents.split(",")) if colon else ():
-                if parent not in by_name:
-                    raise ConfigError(f"{path}: line {number}: account {parent} not (yet) defined")
-                block.own.update(by_name[parent].own)
-            accounts.append(block)
-            by_name[name] = block
-            current = block.own
+            current = _account_line(arg, number, path, defaults, accounts, by_name).own
         elif cmd == "eval":
             warnings.append(
                 f"line {number}: eval lines are not run by fetchpop import; "
@@ -147,6 +131,44 @@ def parse_mpoprc(text: str, path: Path) -> MpopRc:
     for block in accounts:
         block.settings.update(block.own)
     return MpopRc(accounts, warnings)
+
+
+def _new_block(
+    name: str,
+    number: int,
+    defaults: dict[str, str],
+    accounts: list[MpopAccount],
+    by_name: dict[str, MpopAccount],
+) -> MpopAccount:
+    block = MpopAccount(name, number, dict(defaults))
+    accounts.append(block)
+    by_name[name] = block
+    return block
+
+
+def _account_line(
+    arg: str,
+    number: int,
+    path: Path,
+    defaults: dict[str, str],
+    accounts: list[MpopAccount],
+    by_name: dict[str, MpopAccount],
+) -> MpopAccount:
+    """``account NAME[ : PARENT[, PARENT...]]``: a new block, with its parents' settings."""
+    name, colon, parents = arg.partition(":")
+    name = _trim(name)
+    if not name:
+        raise ConfigError(f"{path}: line {number}: missing account name")
+    if name in by_name:
+        raise ConfigError(f"{path}: line {number}: account {name} was already defined")
+    inherited: dict[str, str] = {}
+    for parent in (_trim(p) for p in parents.split(",")) if colon else ():
+        if parent not in by_name:
+            raise ConfigError(f"{path}: line {number}: account {parent} not (yet) defined")
+        inherited.update(by_name[parent].own)
+    block = _new_block(name, number, defaults, accounts, by_name)
+    block.own.update(inherited)
+    return block
 
 
 def parse_uidls(text: str, path: Path) -> dict[tuple[str, str], list[str]]:
@@ -193,8 +215,19 @@ def _convert(block: MpopAccount, environ: Mapping[str, str]) -> ImportedAccount:
         raise ConfigError(f"mpop {where}: no user; fetchpop needs one")
     account = ImportedAccount(account_name(block.name), {"host": s["host"], "user": s["user"]})
     account.origin = where
-    keys = account.keys
+    _tls(account, s, environ)
+    _login(account, s)
+    _delivery(account, s.get("delivery", ""), where)
+    _keep_and_limits(account, block)
+    for cmd in block.own:
+        if cmd in _NOT_SUPPORTED and block.own[cmd] not in ("", "off"):
+            account.warn(f"{cmd} not copied: {_NOT_SUPPORTED[cmd]}")
+    return account
 
+
+def _tls(account: ImportedAccount, s: Mapping[str, str], environ: Mapping[str, str]) -> None:
+    """``tls``, ``tls_starttls``, ``port``, and what mpop trusted."""
+    keys = account.keys
     tls = _on(s["tls"]) if "tls" in s else False
     starttls = _on(s.get("tls_starttls", "on"))
     if not tls:
@@ -203,10 +236,15 @@ def _convert(block: MpopAccount, environ: Mapping[str, str]) -> ImportedAccount:
         keys["tls"] = "starttls" if starttls else "implicit"
     implicit = tls and not starttls
     keys["port"] = int(s["port"]) if s.get("port", "").isdigit() else (995 if implicit else 110)
+    if tls:
+        _trust(account, s, environ)
+
+
+def _trust(account: ImportedAccount, s: Mapping[str, str], environ: Mapping[str, str]) -> None:
     trust = s.get("tls_trust_file", "system")
-    if tls and trust not in ("", "system"):
+    if trust not in ("", "system"):
         ca_file(account, trust, "tls_trust_file", environ)
-    if tls and s.get("tls_fingerprint"):
+    if s.get("tls_fingerprint"):
         pin = sha256_fingerprint(s["tls_fingerprint"])
         if pin is None:
             account.warn(
@@ -214,25 +252,29 @@ def _convert(block: MpopAccount, environ: Mapping[str, str]) -> ImportedAccount:
                 f"`fetchpop serverinfo {account.name}` for the SHA-256 one"
             )
         else:
-            keys["tls_fingerprint"] = pin
-    if tls and "tls_certcheck" in s and not _on(s["tls_certcheck"]):
+            account.keys["tls_fingerprint"] = pin
+    if "tls_certcheck" in s and not _on(s["tls_certcheck"]):
         account.warn(
             "mpop did not check the server certificate (tls_certcheck off); fetchpop "
             "always does; pin a self-signed one with tls_fingerprint"
         )
 
+
+def _login(account: ImportedAccount, s: Mapping[str, str]) -> None:
     auth = s.get("auth", "on").lower()
     if auth in _AUTH:
         if _AUTH[auth] != "auto":
-            keys["auth"] = _AUTH[auth]
+            account.keys["auth"] = _AUTH[auth]
     else:
         account.warn(f"auth {auth} is not supported; fetchpop chooses the method")
     if s.get("passwordeval"):
-        keys["password_command"] = as_command(s["passwordeval"])
+        account.keys["password_command"] = as_command(s["passwordeval"])
     elif s.get("password"):
         password_warning(account, TOOL)
 
-    _delivery(account, s.get("delivery", ""), where)
+
+def _keep_and_limits(account: ImportedAccount, block: MpopAccount) -> None:
+    s, keys = block.settings, account.keys
     keys["keep"] = _on(s["keep"]) if "keep" in s else False
     sizes = [n for n in (_size(s.get("killsize", "off")), _size(s.get("skipsize", "off"))) if n]
     if sizes:
@@ -243,10 +285,6 @@ def _convert(block: MpopAccount, environ: Mapping[str, str]) -> ImportedAccount:
         keys["timeout"] = int(s["timeout"])
     if "only_new" in s and not _on(s["only_new"]):
         account.warn("only_new off not copied: fetchpop fetches only new messages")
-    for cmd in block.own:
-        if cmd in _NOT_SUPPORTED and block.own[cmd] not in ("", "off"):
-            account.warn(f"{cmd} not copied: {_NOT_SUPPORTED[cmd]}")
-    return account
 
 
 def _delivery(account: ImportedAccount, value: str, where: str) -> None:
@@ -266,15 +304,18 @@ def _delivery(account: ImportedAccount, value: str, where: str) -> None:
 
 def uidls_path(block: MpopAccount, environ: Mapping[str, str]) -> Path:
     """The account's UIDLS file, ``%U`` and ``%H`` filled in as mpop does."""
-    template = block.settings.get("uidls_file")
-    if not template:
-        # Before mpop 1.0 every account shared one file, ~/.mpop_uidls.
-        old = expand_path("~/.mpop_uidls", environ)
-        template = str(old) if old.is_file() else DEFAULT_UIDLS_FILE
-    name = template.replace("%U", block.settings.get("user", "")).replace(
-        "%H", block.settings.get("host", "")
-    )
-    return expand_path(name, environ)
+    try:
+        template = block.settings.get("uidls_file")
+        if not template:
+            # Before mpop 1.0 every account shared one file, ~/.mpop_uidls.
+            old = expand_path("~/.mpop_uidls", environ)
+            template = str(old) if old.is_file() else DEFAULT_UIDLS_FILE
+        name = template.replace("%U", block.settings.get("user", "")).replace(
+            "%H", block.settings.get("host", "")
+        )
+        return expand_path(name, environ)
+    except ValueError as exc:  # an unset $VAR, HOME unset or empty
+        raise ConfigError(f"mpop account {block.name}: uidls_file: {exc}") from None
 
 
 def import_mpop(
