@@ -143,15 +143,22 @@ class SeenStore:
         self._dirty = True  # commits not yet known to be durable (sync() checks)
         try:
             if readonly:
+                if path.stat().st_size == 0:
+                    raise _damaged(path, "it is empty")
                 self._db = sqlite3.connect(
                     f"file:{path}?mode=ro", uri=True, isolation_level=None, timeout=10
                 )
             else:
                 path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-                # Private from the start: SQLite gives its -wal and -shm files
-                # the database file's mode.
-                os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))
+                if not path.exists():
+                    _create(path)
+                elif path.stat().st_size == 0:
+                    # A store is only ever put in place whole (see _create):
+                    # an empty one was truncated, not new.
+                    raise _damaged(path, "it is empty")
                 self._db = sqlite3.connect(path, isolation_level=None, timeout=10)
+        except StoreError:
+            raise
         except (sqlite3.Error, OSError) as exc:
             raise StoreError(f"cannot open seen-store {path}: {exc}") from exc
         try:
@@ -495,15 +502,58 @@ class SeenStore:
         return int(str(self._read("SELECT count(*) FROM seen WHERE mailbox = ?", (mailbox,))[0][0]))
 
 
+def _create(path: Path) -> None:
+    """A new, empty store at *path*, put in place whole.
+
+    It is made under a temporary name (private from the start: SQLite gives
+    its -wal and -shm files the database file's mode), fsynced, and linked to
+    *path* only then, so that a file at *path* that is empty or not a
+    database is damage, never a store a crash left half-made. Two runs
+    creating it at once: the second one's link fails, and it uses the first's.
+    """
+    tmp = path.with_name(f".{path.name}.new-{os.getpid()}")
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(tmp)
+    os.close(os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
+    try:
+        db = sqlite3.connect(tmp, isolation_level=None)
+        try:
+            # A valid database of its own (a header page), not yet WAL: that
+            # is switched on, and the schema made, once it is in place.
+            db.execute("PRAGMA user_version = 0")
+            db.execute("VACUUM")
+        finally:
+            db.close()
+        fd = os.open(tmp, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        with contextlib.suppress(FileExistsError):
+            os.link(tmp, path)
+        fd = os.open(path.parent, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+
+
+def _damaged(path: Path, what: str) -> StoreError:
+    return StoreError(
+        f"seen-store {path} is corrupt ({what}); nothing was fetched. Move it aside "
+        f"(mv {path} {path}.broken), then either sync (mail still on the server is "
+        "fetched again) or first run `fetchpop seen mark ACCOUNT` (nothing is fetched "
+        "again, but mail that came since the last good sync is marked as seen too)"
+    )
+
+
 def _store_error(path: Path, exc: sqlite3.Error) -> StoreError:
     text = str(exc)
     if "locked" in text or "busy" in text:
         return StoreLockedError(f"seen-store {path} is locked by another process: {text}")
     if "not a database" in text or "malformed" in text:
-        return StoreError(
-            f"seen-store {path} is corrupt ({text}); nothing was fetched. Move it aside "
-            f"(mv {path} {path}.broken), then either sync (mail still on the server is "
-            "fetched again) or first run `fetchpop seen mark ACCOUNT` (nothing is fetched "
-            "again, but mail that came since the last good sync is marked as seen too)"
-        )
+        return _damaged(path, text)
     return StoreError(f"seen-store {path}: {text}")

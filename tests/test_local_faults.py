@@ -35,6 +35,41 @@ def test_corrupt_seen_store(mailbox: DovecotUser, home: Home, tmp_path: Path) ->
     assert maildir_messages(mail) == [b"Subject: a\n\n1\n"]
 
 
+def test_an_emptied_seen_store_is_not_a_fresh_start(
+    mailbox: DovecotUser, home: Home, tmp_path: Path
+) -> None:
+    """Only a missing store is new: one truncated to 0 bytes (a disk fault, a
+    careless `> file`) would make keep = true download everything again."""
+    dc = mailbox.dovecot
+    dc.add_messages(mailbox.user, [b"Subject: a\n\n1\n", b"Subject: b\n\n2\n"])
+    mail = tmp_path / "Mail"
+    home.write_config(config(mailbox, f"maildir:{mail}"))
+    assert home.run("sync").code == 0
+    assert len(maildir_messages(mail)) == 2
+    home.store_path.write_bytes(b"")
+    for path in home.state_dir.glob("fetchpop.sqlite3-*"):
+        path.unlink()
+    result = home.run("sync")
+    assert result.code == 74, result
+    [line] = result.stderr.splitlines()
+    assert line.startswith(f"fetchpop: seen-store {home.store_path} is corrupt (it is empty)")
+    assert "seen mark" in line
+    assert len(maildir_messages(mail)) == 2  # nothing fetched again
+    assert home.store_path.stat().st_size == 0  # and the file left as it was
+
+
+def test_a_new_seen_store_is_put_in_place_whole(home: Home, tmp_path: Path) -> None:
+    from fetchpop.seenstore import SeenStore
+
+    path = tmp_path / "state" / "fetchpop.sqlite3"
+    with SeenStore(path) as store:
+        assert store.mailbox_id("h", 995, "u") == 1
+    assert path.stat().st_size > 0 and path.stat().st_mode & 0o777 == 0o600
+    assert [p.name for p in path.parent.iterdir() if ".new-" in p.name] == []
+    with SeenStore(path) as again:  # an existing store opens as before
+        assert again.mailbox_id("h", 995, "u", create=False) == 1
+
+
 def test_locked_seen_store_is_tempfail(mailbox: DovecotUser, home: Home, tmp_path: Path) -> None:
     dc = mailbox.dovecot
     dc.add_messages(mailbox.user, [b"Subject: a\n\n1\n"])
