@@ -25,6 +25,7 @@ import contextlib
 import dataclasses
 import os
 import sqlite3
+import threading
 import time
 from collections.abc import Collection, Iterable, Iterator
 from pathlib import Path
@@ -511,7 +512,8 @@ def _create(path: Path) -> None:
     database is damage, never a store a crash left half-made. Two runs
     creating it at once: the second one's link fails, and it uses the first's.
     """
-    tmp = path.with_name(f".{path.name}.new-{os.getpid()}")
+    # One name per process and thread: `sync --jobs` opens the store in threads.
+    tmp = path.with_name(f".{path.name}.new-{os.getpid()}-{threading.get_ident()}")
     with contextlib.suppress(FileNotFoundError):
         os.unlink(tmp)
     os.close(os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
