@@ -15,6 +15,7 @@ class ExitCode(enum.IntEnum):
 
     OK = 0
     USAGE = 64
+    DATAERR = 65
     NOHOST = 68
     UNAVAILABLE = 69
     SOFTWARE = 70
@@ -191,6 +192,21 @@ class DeliveryError(FetchpopError):
     """The delivery target cannot be created or written, or the MDA refused a message."""
 
     exit_code = ExitCode.CANTCREAT
+
+
+class MessageRejectedError(DeliveryError):
+    """The target took this message and refused it (an MDA read it and failed).
+
+    Only this counts towards skipping a message; a target that cannot work at
+    all (an MDA that is missing, a Maildir that cannot be written) fails the
+    account and counts against no message.
+    """
+
+
+class SkippedError(FetchpopError):
+    """Messages were skipped after failing delivery repeatedly; they stay on the server."""
+
+    exit_code = ExitCode.DATAERR
 
 
 class LocalIOError(FetchpopError):

@@ -457,16 +457,24 @@ class SeenStore:
             ).fetchone()
             return int(row[0])
 
-    def clear_problems(self, mailbox: int, uidls: Iterable[str] | None = None) -> None:
-        """Forget problems of *uidls* (all of the mailbox when None)."""
+    def clear_problems(self, mailbox: int, uidls: Iterable[str] | None = None) -> int:
+        """Forget problems of *uidls* (all of the mailbox when None); returns how
+        many of them were failed deliveries (not size skips)."""
         with self._transaction() as db:
             if uidls is None:
+                failed = db.execute(
+                    "DELETE FROM problem WHERE mailbox = ? AND attempts > 0", (mailbox,)
+                ).rowcount
                 db.execute("DELETE FROM problem WHERE mailbox = ?", (mailbox,))
-            else:
-                db.executemany(
-                    "DELETE FROM problem WHERE mailbox = ? AND uidl = ?",
-                    ((mailbox, u) for u in uidls),
-                )
+                return int(failed)
+            failed = 0
+            for uidl in uidls:
+                failed += db.execute(
+                    "DELETE FROM problem WHERE mailbox = ? AND uidl = ? AND attempts > 0",
+                    (mailbox, uidl),
+                ).rowcount
+                db.execute("DELETE FROM problem WHERE mailbox = ? AND uidl = ?", (mailbox, uidl))
+            return failed
 
     # -- runs ------------------------------------------------------------------
 

@@ -133,11 +133,50 @@ def test_poison_message_does_not_block_the_rest(
         assert "rejected by filter" in result.stderr
     assert len(list(out.iterdir())) == 2
     assert dc.count(mailbox.user) == 1  # only the poison message is left
-    after = home.run("sync")
-    assert after.code == 0, after
-    assert "failed to deliver 3 times" in after.stderr  # reported on every run
-    assert "failed to deliver 3 times" in home.run("sync").stderr
+    for _ in range(2):  # said on every run, even with -q, and the run ends with 65
+        after = home.run("-q", "sync")
+        assert after.code == 65, after
+        error, skipped = after.stderr.splitlines()
+        assert error == (
+            "fetchpop: home: 1 message(s) skipped after failing delivery 3 times; they stay "
+            "on the server (`fetchpop seen forget home UIDL...` tries them again)"
+        )
+        assert skipped.startswith("fetchpop: home: skipped ")
+        assert "failed to deliver 3 times (mda " in skipped
     assert dc.count(mailbox.user) == 1
+    status = home.run("status")
+    assert status.code == 0 and "  skipped " in status.stdout, status
+    uidl = status.stdout.split("  skipped ", 1)[1].split(":", 1)[0]
+    forget = home.run("seen", "forget", "home", uidl)
+    assert forget.stdout.strip().endswith("1 message(s) that failed delivery will be tried again")
+    assert "not delivered (attempt 1 of 3)" in home.run("sync").stderr
+
+
+def test_a_broken_mda_counts_against_no_message(
+    mailbox: DovecotUser, home: Home, tmp_path: Path
+) -> None:
+    """A typo in the MDA's path fails the account, run after run, and never
+    makes the messages "poison": once the config is fixed they arrive."""
+    dc = mailbox.dovecot
+    dc.add_messages(mailbox.user, [b"Subject: one\n\n1\n"])
+    out = tmp_path / "out"
+    out.mkdir()
+    missing = tmp_path / "procmailx"
+    home.write_config(config(mailbox, f"mda:{missing}", keep=False))
+    for _ in range(4):
+        result = home.run("-q", "sync")
+        assert result.code == 73, result
+        [line] = result.stderr.splitlines()
+        assert line.startswith(f"fetchpop: home: cannot run mda {missing}")
+    script = tmp_path / "mda.py"
+    script.write_text(
+        f"import sys\nopen({str(out / 'm')!r}, 'wb').write(sys.stdin.buffer.read())\n"
+    )
+    home.write_config(config(mailbox, f"mda:{sys.executable} {script}", keep=False))
+    fixed = home.run("sync")
+    assert fixed.code == 0 and fixed.stderr == "", fixed
+    assert (out / "m").read_bytes() == b"Subject: one\n\n1\n"
+    assert dc.count(mailbox.user) == 0
 
 
 def test_jobs_sync_accounts_in_parallel(dovecot: object, home: Home, tmp_path: Path) -> None:

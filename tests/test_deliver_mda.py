@@ -12,7 +12,12 @@ import pytest
 
 from fetchpop.deliver import open_target, parse_deliver
 from fetchpop.deliver.mda import MdaTarget
-from fetchpop.errors import DeliveryError, LocalProtocolError, TempFailError
+from fetchpop.errors import (
+    DeliveryError,
+    LocalProtocolError,
+    MessageRejectedError,
+    TempFailError,
+)
 
 MESSAGE = b"Subject: hi\n\nFrom here\n.\nno final newline"
 
@@ -70,7 +75,7 @@ def test_exit_1_names_program_status_and_sanitised_stderr(tmp_path: Path) -> Non
         "print('no such user\\n\\x1b[31mbob', file=sys.stderr); sys.exit(1)"
     )
     target = target_for(python(code), tmp_path)
-    with pytest.raises(DeliveryError) as info:
+    with pytest.raises(MessageRejectedError) as info:  # it read this message and said no
         deliver(target, [MESSAGE])
     assert info.value.exit_code == 73
     name = os.path.basename(sys.executable)
@@ -197,3 +202,21 @@ def test_missing_program_is_a_delivery_error(tmp_path: Path) -> None:
         deliver(target, [MESSAGE])
     assert str(info.value) == f"cannot run mda {tmp_path}/no-such-mda: No such file or directory"
     assert info.value.exit_code == 73
+    assert not isinstance(info.value, MessageRejectedError)  # the MDA's fault, not the message's
+
+
+@pytest.mark.parametrize("status", [126, 127])
+def test_a_wrapper_that_cannot_run_its_program_is_the_mdas_fault(
+    status: int, tmp_path: Path
+) -> None:
+    target = target_for(python(f"import sys; sys.stdin.read(); sys.exit({status})"), tmp_path)
+    with pytest.raises(DeliveryError) as info:
+        deliver(target, [MESSAGE])
+    assert not isinstance(info.value, MessageRejectedError)
+
+
+def test_killed_or_hung_is_the_mdas_fault(tmp_path: Path) -> None:
+    target = target_for(python("import os, signal; os.kill(os.getpid(), signal.SIGKILL)"), tmp_path)
+    with pytest.raises(DeliveryError) as info:
+        deliver(target, [MESSAGE])
+    assert not isinstance(info.value, MessageRejectedError)

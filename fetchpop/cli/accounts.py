@@ -86,12 +86,14 @@ def seen_forget(account: str, uidls: tuple[str, ...]) -> None:
         (acct,) = env.load_config().select([account])
         with env.open_store() as store:
             mailbox = store.mailbox_id(*acct.mailbox, create=False)
-            count = 0
+            count = retried = 0
             if mailbox is not None:
                 count = store.forget(mailbox, list(uidls) if uidls else None)
-                store.clear_problems(mailbox, list(uidls) if uidls else None)
+                retried = store.clear_problems(mailbox, list(uidls) if uidls else None)
                 store.sync()
-        print(f"{acct.name}: {count} UIDL(s) forgotten", file=env.stdout)
+        again = f"; {retried} message(s) that failed delivery will be tried again"
+        again = again if retried else ""
+        print(f"{acct.name}: {count} UIDL(s) forgotten{again}", file=env.stdout)
         return 0
 
     guard(env, run)

@@ -159,6 +159,8 @@ def sync_one(
     if result is not None:
         for warning in result.warnings:
             env.warn(f"{account.name}: {warning}")
+        for problem in result.problems:
+            env.error(f"{account.name}: {problem}")
         for note in result.notes:
             env.info(f"{account.name}: {note}")
         for uidl, why in result.skipped:
@@ -248,6 +250,17 @@ def _show_plan(env: Environment, report: dict[str, Any], plan: Plan) -> None:
             )
 
 
+def _skipped(problems: dict[str, tuple[int, str]]) -> list[dict[str, Any]]:
+    """The messages sync skips for failing delivery again and again."""
+    from fetchpop.sync import MAX_ATTEMPTS
+
+    return [
+        {"uidl": uidl, "attempts": attempts, "reason": reason}
+        for uidl, (attempts, reason) in sorted(problems.items())
+        if attempts >= MAX_ATTEMPTS
+    ]
+
+
 def _read_known(env: Environment, accounts: list[Account]) -> dict[tuple[str, int, str], Known]:
     """What the store knows per mailbox, read without creating or changing it."""
     from fetchpop.seenstore import SeenStore
@@ -282,10 +295,16 @@ def status(accounts: tuple[str, ...], as_json: bool) -> None:
         store = SeenStore(path, readonly=True) if path.exists() else None
         try:
             for account in selected:
-                row: dict[str, Any] = {"account": account.name, "known": 0, "last_run": None}
+                row: dict[str, Any] = {
+                    "account": account.name,
+                    "known": 0,
+                    "last_run": None,
+                    "skipped": [],
+                }
                 mailbox = store.mailbox_id(*account.mailbox, create=False) if store else None
                 if store and mailbox is not None:
                     row["known"] = store.count(mailbox)
+                    row["skipped"] = _skipped(store.problems(mailbox))
                     last = store.last_run(account.name)
                     if last:
                         row["last_run"] = dataclasses.asdict(last)
@@ -312,6 +331,8 @@ def status(accounts: tuple[str, ...], as_json: bool) -> None:
                     f"{last['fetched']} fetched, {last['deleted']} deleted"
                 )
             print(f"{row['account']}: {row['known']} messages known; {when}", file=env.stdout)
+            for item in row["skipped"]:
+                print(f"  skipped {sanitize(item['uidl'])}: {item['reason']}", file=env.stdout)
         return 0
 
     guard(env, run)

@@ -26,7 +26,13 @@ from collections.abc import Iterable
 from typing import IO
 
 from fetchpop.deliver._oserror import os_error
-from fetchpop.errors import DeliveryError, LocalProtocolError, TempFailError, sanitize
+from fetchpop.errors import (
+    DeliveryError,
+    LocalProtocolError,
+    MessageRejectedError,
+    TempFailError,
+    sanitize,
+)
 
 _EX_TEMPFAIL = 75
 _STDERR_TAIL = 2048
@@ -59,6 +65,10 @@ class _Tail(threading.Thread):
         return sanitize(" ".join(words), limit=_STDERR_TAIL)
 
 
+#: What a shell (or env) exits with when the program cannot be run or found.
+_CANNOT_RUN = frozenset({126, 127})
+
+
 class MdaDelivery:
     """One message spooled, then one MDA process; see :class:`fetchpop.deliver.base.Delivery`."""
 
@@ -84,8 +94,10 @@ class MdaDelivery:
     def finish(self) -> None:
         """Run the MDA on the whole message and wait for its verdict.
 
-        Raises :class:`DeliveryError` (or :class:`TempFailError` for status 75)
-        when the message was not delivered.
+        Raises :class:`MessageRejectedError` when the MDA read the message and
+        failed, :class:`TempFailError` for status 75, and :class:`DeliveryError`
+        when the MDA itself did not work (not found, not executable, exit 126
+        or 127, killed, timed out).
         """
         self._check_open()
         self._state = "finished"
@@ -135,7 +147,11 @@ class MdaDelivery:
             message += f": {text}"
         if status == _EX_TEMPFAIL and not failure:
             raise TempFailError(message)
-        raise DeliveryError(message)
+        if failure or status < 0 or status in _CANNOT_RUN:
+            # Hung, killed, or its program could not be run (a shell or env
+            # wrapper's 126/127): the MDA's fault, not this message's.
+            raise DeliveryError(message)
+        raise MessageRejectedError(message)
 
     def abort(self) -> None:
         """Drop the spooled message; kill the MDA (and its group) if it runs."""

@@ -34,7 +34,9 @@ from fetchpop.deliver.base import Target
 from fetchpop.errors import (
     DeliveryError,
     FetchpopError,
+    MessageRejectedError,
     PipeliningLostError,
+    SkippedError,
     TempFailError,
     sanitize,
 )
@@ -85,6 +87,8 @@ class SyncResult:
     warnings: list[str] = dataclasses.field(default_factory=list)
     #: What ``-v`` says besides the summary (a workaround for a server's quirk).
     notes: list[str] = dataclasses.field(default_factory=list)
+    #: What is said even with ``-q`` (messages skipped for good).
+    problems: list[str] = dataclasses.field(default_factory=list)
     server_messages: int = 0
 
 
@@ -168,6 +172,13 @@ class Session:
                 )
         if self.failure is not None:
             raise self.failure
+        if self.result.problems:
+            name = account.name
+            raise SkippedError(
+                f"{len(self.result.problems)} message(s) skipped after failing delivery "
+                f"{MAX_ATTEMPTS} times; they stay on the server "
+                f"(`fetchpop seen forget {name} UIDL...` tries them again)"
+            )
         return self.result
 
     def _connection(self, target: Target) -> None:
@@ -315,7 +326,9 @@ class Session:
         self.result.skipped = [(m.uidl, why) for m, why in plan.skip]
         for msg, why in plan.skip:
             if msg.uidl in problems and problems[msg.uidl][0] >= MAX_ATTEMPTS:
-                self.result.warnings.append(f"skipped {sanitize(msg.uidl)}: {why}")
+                # Said on every run, even with -q (it ends the run with 65):
+                # mail that never arrives must not go unnoticed under cron.
+                self.result.problems.append(f"skipped {sanitize(msg.uidl)}: {why}")
             elif msg.uidl not in problems and why.startswith("larger than max_size"):
                 self.store.note_problem(self._mailbox, msg.uidl, why, attempt=False)
                 self.result.warnings.append(f"skipped {sanitize(msg.uidl)}: {why}")
@@ -368,8 +381,8 @@ class Session:
 
     def _poison(self, msg: ServerMessage, exc: DeliveryError) -> bool:
         """Count a failed delivery; True when the session may go on without it."""
-        if self.account.deliver.kind != "mda":
-            return False  # a Maildir or mbox that cannot be written fails for all
+        if not isinstance(exc, MessageRejectedError):
+            return False  # the target cannot work at all: it fails for every message
         reason = " ".join(str(exc).split())
         attempts = self.store.note_problem(self._mailbox, msg.uidl, reason, attempt=True)
         self.result.warnings.append(
