@@ -187,6 +187,7 @@ def test_mailbox_is_lowercased_host_port_user(tmp_path: Path) -> None:
         ("timeout = 2.5", "timeout", 2.5),
         ("timeout = 1", "timeout", 1.0),
         ("mbox_lock_timeout = 0.5", "mbox_lock_timeout", 0.5),
+        ("mda_timeout = 60", "mda_timeout", 60.0),
     ],
 )  # fmt: skip
 def test_valid_value(tmp_path: Path, line: str, key: str, expected: object) -> None:

@@ -249,3 +249,24 @@ def test_marked_messages_are_never_deleted(
     assert dc.count(mailbox.user) == 4
     assert home.run("sync").code == 0
     assert dc.count(mailbox.user) == 4
+
+
+def test_an_mda_that_hangs_is_bounded_by_mda_timeout(
+    mailbox: DovecotUser, home: Home, tmp_path: Path
+) -> None:
+    dc = mailbox.dovecot
+    dc.add_messages(mailbox.user, [b"Subject: one\n\n1\n"])
+    script = tmp_path / "mda.py"
+    script.write_text("import sys, time\nsys.stdin.buffer.read()\ntime.sleep(600)\n")
+    home.write_config(
+        config(mailbox, f"mda:{sys.executable} {script}", keep=False, mda_timeout=1)
+    )
+    started = time.monotonic()
+    result = home.run("sync")
+    assert time.monotonic() - started < 30
+    assert result.code == 73, result
+    [line] = result.stderr.splitlines()
+    assert line.endswith("did not finish within 1 s")
+    assert dc.count(mailbox.user) == 1 and home.seen_uidls() == set()
+    again = home.run("-q", "sync")  # the MDA's fault: it counts against no message
+    assert again.code == 73 and "skipped" not in again.stderr, again

@@ -384,6 +384,10 @@ _KEY_LIST = [
         "mbox_lock_timeout", "number > 0", _positive_number,
         "seconds to wait for an mbox lock", default=30.0,
     ),
+    KeySpec(
+        "mda_timeout", "number > 0", _positive_number,
+        "seconds an MDA may take for a message", default=300.0,
+    ),
 ]  # fmt: skip
 
 #: Every account key, in man-page order; valid in ``[defaults]`` and ``[accounts.NAME]``.

@@ -62,6 +62,7 @@ class Account:
     max_messages: int | None = None
     timeout: float = 60.0
     mbox_lock_timeout: float = 30.0
+    mda_timeout: float = 300.0
 
     def __post_init__(self) -> None:
         if self.password_command is not None:

@@ -94,7 +94,9 @@ class SyncResult:
 
 @contextmanager
 def _target(spec: DeliverySpec, account: Account) -> Iterator[Target]:
-    target = open_target(spec, mbox_lock_timeout=account.mbox_lock_timeout)
+    target = open_target(
+        spec, mbox_lock_timeout=account.mbox_lock_timeout, mda_timeout=account.mda_timeout
+    )
     try:
         yield target
     finally:
