@@ -27,7 +27,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Collection, Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from pathlib import Path
 
 from fetchpop.errors import StoreError, StoreLockedError
@@ -104,6 +104,12 @@ MIGRATIONS: tuple[str, ...] = (
         noted REAL NOT NULL,
         PRIMARY KEY (mailbox, name)
     ) WITHOUT ROWID;
+    """,
+    # 6: what identifies a delivered message besides its UIDL (its
+    # Message-ID, or a digest of its header), so that a UIDL the server hands
+    # out again for another message never authorises deleting that one.
+    """
+    ALTER TABLE seen ADD COLUMN ident TEXT;
     """,
 )
 
@@ -319,21 +325,40 @@ class SeenStore:
         now: float | None = None,
         delivered: bool = True,
         durable: bool = False,
+        idents: Mapping[str, str] | None = None,
     ) -> None:
         """Record *uidls* as seen and drop the intents *done*, in one transaction.
 
         ``delivered=False`` records messages as seen without this store having
         delivered them (``seen mark``): they are never deleted on its behalf.
         ``durable=True`` makes the commit (and every earlier one) durable.
+        *idents* maps a UIDL to what identifies its message (see
+        :mod:`fetchpop.sync.ident`).
         """
         stamp = time.time() if now is None else now
+        ids = idents or {}
         with self._transaction(durable=durable) as db:
             db.executemany(
-                "INSERT OR IGNORE INTO seen (mailbox, uidl, first_seen, delivered)"
-                " VALUES (?, ?, ?, ?)",
-                ((mailbox, uidl, stamp, int(delivered)) for uidl in uidls),
+                "INSERT OR IGNORE INTO seen (mailbox, uidl, first_seen, delivered, ident)"
+                " VALUES (?, ?, ?, ?, ?)",
+                ((mailbox, uidl, stamp, int(delivered), ids.get(uidl)) for uidl in uidls),
             )
             db.executemany("DELETE FROM intent WHERE id = ?", ((i,) for i in done))
+
+    def idents(self, mailbox: int) -> dict[str, str]:
+        """UIDL -> the identity recorded with it, for the records that have one."""
+        rows = self._read(
+            "SELECT uidl, ident FROM seen WHERE mailbox = ? AND ident IS NOT NULL", (mailbox,)
+        )
+        return dict(rows)  # type: ignore[arg-type]  # (TEXT, TEXT) columns
+
+    def set_idents(self, mailbox: int, idents: Mapping[str, str]) -> None:
+        """Give records made without an identity (before schema 6) one."""
+        with self._transaction() as db:
+            db.executemany(
+                "UPDATE seen SET ident = ? WHERE mailbox = ? AND uidl = ? AND ident IS NULL",
+                ((ident, mailbox, uidl) for uidl, ident in idents.items()),
+            )
 
     def undelivered(self, mailbox: int) -> set[str]:
         """UIDLs marked as seen that this store never delivered."""

@@ -474,14 +474,21 @@ class Client:
         return self._parse_uidl(uidl), self._parse_sizes(sizes)
 
     def retrieve(
-        self, messages: Sequence[tuple[int, int | None]], *, window: int = 1
+        self,
+        messages: Sequence[tuple[int, int | None]],
+        *,
+        window: int = 1,
+        header_only: bool = False,
     ) -> Iterator[tuple[int, Iterator[bytes] | Refusal]]:
-        """RETR each (number, size) in turn, at most *window* outstanding.
+        """RETR each (number, size) in turn, at most *window* outstanding; with
+        *header_only*, ``TOP n 0`` instead (RFC 1939 section 7): the header and
+        the blank line after it.
 
         Yields (number, chunks) where *chunks* must be read to the end before
         the next item, or (number, refusal) when the server answered ``-ERR``.
         """
         sent = 0
+        top = ("0",) if header_only else ()
 
         def fill() -> None:
             nonlocal sent
@@ -492,7 +499,8 @@ class Client:
             out = []
             while sent < len(messages) and self._p.pending < window:
                 num, size = messages[sent]
-                out.append(self._p.send("RETR", str(num), max_octets=retr_limit(size)))
+                command = "TOP" if header_only else "RETR"
+                out.append(self._p.send(command, str(num), *top, max_octets=retr_limit(size)))
                 sent += 1
             if out:
                 self._send(b"".join(out))

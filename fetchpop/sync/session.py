@@ -43,6 +43,7 @@ from fetchpop.errors import (
 from fetchpop.pop3.client import PIPELINE_WINDOW, Client, Log, Refusal
 from fetchpop.seenstore import NO_PIPELINING, Intent, SeenStore
 from fetchpop.sync.connect import PasswordSource, connect
+from fetchpop.sync.ident import HeaderReader
 from fetchpop.sync.plan import (
     MAX_ATTEMPTS,
     Known,
@@ -134,13 +135,15 @@ class Session:
         self.checkpoint = checkpoint or (lambda: None)
         self.result = SyncResult(account.name)
         self._mailbox = 0
-        self._batch: list[tuple[int, str, int]] = []  # (intent id, uidl, octets)
+        self._batch: list[tuple[int, str, int, str]] = []  # (intent id, uidl, octets, ident)
         self._fresh: set[str] = set()
         # Intents journalled ahead, a batch per transaction: number -> (id, intent).
         self._ahead: dict[int, tuple[int, str]] = {}
         self._target_reserves = True  # until the target says it cannot
         self._known: Known | None = None  # read while the server works (see run)
         self._pipelining = True  # until the server is known to lose commands
+        # Planned for deletion, but could not be checked (TOP refused).
+        self._unproven: set[str] = set()
         self._batched = False  # the last session's listing may have been a batch (Gmail)
         self._listed = 0
 
@@ -299,8 +302,11 @@ class Session:
                     f"{reason}; run `fetchpop seen mark {name}` to take them as seen, "
                     f"or `fetchpop sync --accept-new-uidls {name}` to download them all"
                 )
-        self._note_skips(plan, known.problems)
         window = PIPELINE_WINDOW if client.pipelining else 1
+        if plan.delete:
+            known = self._prove(client, plan, known, window)
+            plan = make_plan(account, messages, known, now=self.now())
+        self._note_skips(plan, known.problems)
         try:
             self._fetch(client, target, plan.fetch, window)
         finally:
@@ -309,17 +315,72 @@ class Session:
         # Only what is recorded (and synced) is considered for deletion.
         if self._fresh:
             plan = make_plan(account, messages, known, now=self.now(), fresh=self._fresh)
-        numbers = [m.number for m, _ in plan.delete]
-        refused = client.delete_and_quit(numbers, window=window)
-        for number, reply in refused:
+        self._delete_and_quit(client, messages, known, plan, window)
+
+    def _prove(self, client: Client, plan: Plan, known: Known, window: int) -> Known:
+        """Check that each message an earlier session delivered, planned for
+        deletion now, is still that message: its header, read with ``TOP n 0``,
+        must give the identity recorded with it (:mod:`fetchpop.sync.ident`).
+
+        A different message under the old UIDL (the server handed the UIDL
+        out again) loses the record and is fetched as new; one that cannot be
+        checked (TOP refused) stays on the server, and is said. A record made
+        before identities were kept adopts the message's now. Returns what
+        the store knows after that.
+        """
+        recorded = self.store.idents(self._mailbox)
+        todo = [m for m, _ in plan.delete]
+        heads = client.retrieve([(m.number, m.size) for m in todo], window=window, header_only=True)
+        different, adopted = [], {}
+        for msg, (_, head) in zip(todo, heads, strict=True):
+            if isinstance(head, Refusal):
+                self._unproven.add(msg.uidl)
+                self.result.warnings.append(
+                    f"left {sanitize(msg.uidl)} on the server: cannot check that it is the "
+                    f"message delivered before (TOP: {head.words})"
+                )
+                continue
+            reader = HeaderReader()
+            for chunk in head:
+                reader.feed(chunk)
+            ident = reader.ident()
+            if msg.uidl not in recorded:
+                adopted[msg.uidl] = ident
+            elif recorded[msg.uidl] != ident:
+                different.append(msg.uidl)
+        if adopted:
+            self.store.set_idents(self._mailbox, adopted)
+        if not different:
+            return known
+        self.store.forget(self._mailbox, different)
+        self.result.warnings.append(
+            f"{len(different)} message(s) carry the UIDL of a message delivered and deleted "
+            "before: fetched as new, not deleted"
+        )
+        seen = {u: t for u, t in known.seen.items() if u not in set(different)}
+        return dataclasses.replace(known, seen=seen)
+
+    def _delete_and_quit(
+        self, client: Client, messages: list[ServerMessage], known: Known, plan: Plan, window: int
+    ) -> None:
+        """DELE what the plan says (never a message that failed its check), QUIT,
+        and forget the records of what QUIT deleted: a UIDL that comes back
+        after that is a new message."""
+        doomed = [m for m, _ in plan.delete if m.uidl not in self._unproven]
+        refused = dict(client.delete_and_quit([m.number for m in doomed], window=window))
+        for number, reply in refused.items():
             self.result.warnings.append(f"server refused DELE {number}: {reply.words}")
-        self.result.deleted = len(numbers) - len(refused)
+        deleted = [m.uidl for m in doomed if m.number not in refused]
+        self.result.deleted += len(deleted)
+        if deleted:
+            self.store.forget(self._mailbox, deleted)
         # The session completed: UIDLs gone from the server can go from the store
         # (recorded before this session, or by it: those are on the server).
+        gone = set(deleted)
         self.store.prune(
             self._mailbox,
-            {m.uidl for m in messages},
-            recorded=known.seen,
+            {m.uidl for m in messages if m.uidl not in gone},
+            recorded=[u for u in known.seen if u not in gone],
             problems=known.problems,
         )
 
@@ -428,9 +489,11 @@ class Session:
                 delivery.abort()
                 raise
         octets = 0
+        header = HeaderReader()
         try:
             for chunk in body:
                 delivery.write(chunk)
+                header.feed(chunk)
                 octets += len(chunk)
                 if self.progress:
                     self.progress(msg.uidl, len(chunk))
@@ -441,7 +504,7 @@ class Session:
             with contextlib.suppress(FetchpopError):
                 self.store.drop_intents([intent])
             raise
-        self._batch.append((intent, msg.uidl, octets))
+        self._batch.append((intent, msg.uidl, octets, header.ident()))
         return octets
 
     def _commit(self, target: Target) -> None:
@@ -451,10 +514,13 @@ class Session:
         batch, self._batch = self._batch, []
         self.store.sync()  # intents durable before the messages are
         target.flush()
-        uidls = [uidl for _, uidl, _ in batch]
-        done = [i for i, _, _ in batch]
+        uidls = [uidl for _, uidl, _, _ in batch]
+        done = [i for i, _, _, _ in batch]
+        idents = {uidl: ident for _, uidl, _, ident in batch}
         # Recorded durably before any DELE.
-        self.store.record(self._mailbox, uidls, done=done, now=self.now(), durable=True)
+        self.store.record(
+            self._mailbox, uidls, done=done, now=self.now(), durable=True, idents=idents
+        )
         self._fresh.update(uidls)
         self.result.fetched += len(batch)
-        self.result.octets += sum(o for _, _, o in batch)
+        self.result.octets += sum(o for _, _, o, _ in batch)
