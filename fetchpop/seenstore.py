@@ -295,11 +295,15 @@ class SeenStore:
                     (mailbox, lines, time.time()),
                 )
 
-    def quirks(self, mailbox: int) -> set[str]:
-        """What *mailbox*'s server was seen to get wrong (:data:`NO_PIPELINING`)."""
+    def quirks(self, mailbox: int, *, max_age: float | None = None) -> set[str]:
+        """What *mailbox*'s server was seen to get wrong (:data:`NO_PIPELINING`),
+        within the last *max_age* seconds if given."""
         if self._check_version() < 5:  # a read-only look at an older store
             return set()
-        rows = self._read("SELECT name FROM quirk WHERE mailbox = ?", (mailbox,))
+        since = 0.0 if max_age is None else time.time() - max_age
+        rows = self._read(
+            "SELECT name FROM quirk WHERE mailbox = ? AND noted >= ?", (mailbox, since)
+        )
         return {str(name) for (name,) in rows}
 
     def note_quirk(self, mailbox: int, name: str) -> None:

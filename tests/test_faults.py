@@ -715,6 +715,19 @@ def test_a_message_the_server_cannot_serve_now_stays_and_says_so(
         assert_mail(mail, MESSAGES)
 
 
+def test_a_message_the_server_never_serves_is_skipped_after_three_runs(
+    home: Home, mail: Path
+) -> None:
+    with serving(faults=[Fault("RETR 2", err(b"-ERR [SYS/TEMP] unable to read message\r\n"))]) as s:
+        configure(home, s, mail, keep=True)
+        for _ in range(3):
+            assert sync(home, s).code == 75
+        result = sync(home, s, "-q")
+        assert result.code == 65, result
+        assert "skipped uid-2: failed to deliver 3 times (RETR: -ERR [SYS/TEMP]" in result.stderr
+        assert session_commands(s, 3, "RETR") == []
+
+
 def observe(record: list[bytes], seconds: float = 0.3) -> Action:
     """Wait *seconds* (reading what the client sends), note all received so far, answer."""
 

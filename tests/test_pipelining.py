@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import trustme
-from fakepop import DEFAULT_CAPA, FakePOP3, make_server_context
+from fakepop import DEFAULT_CAPA, FakePOP3, Fault, drop, make_server_context, stall
 from runner import Home, account_toml, maildir_messages
 
 from fetchpop.seenstore import SeenStore
@@ -273,7 +273,7 @@ def lossy_server(ca: trustme.CA, lose_after: str, count: int = 5) -> FakePOP3:
 def test_a_server_that_loses_pipelined_commands_gets_them_in_lock_step(
     lose_after: str, ca: trustme.CA, ca_file: Path, home: Home, tmp_path: Path
 ) -> None:
-    """"*" loses PASS behind USER, "CAPA" the listing behind it, "RETR" all but
+    """ "*" loses PASS behind USER, "CAPA" the listing behind it, "RETR" all but
     the first RETR of a window, "DELE" all but the first DELE and the QUIT."""
     mail = tmp_path / "Mail"
     with lossy_server(ca, lose_after) as server:
@@ -313,3 +313,29 @@ def test_a_quiet_run_does_not_mention_the_workaround(
         assert result.code == 0, result
         assert result.stderr == ""
     assert len(maildir_messages(tmp_path / "Mail")) == 5
+
+
+def test_a_late_reply_followed_by_an_outage_is_no_quirk(
+    ca: trustme.CA, ca_file: Path, home: Home, tmp_path: Path
+) -> None:
+    """RETR 2 answered too late, then the lock-step retry cannot even connect
+    (the network went): the server is not remembered as one that loses
+    commands."""
+    faults = [
+        Fault("RETR 2", stall(), session=0),
+        Fault("greeting", drop(), session=1),
+    ]
+    with FakePOP3(
+        MESSAGES,
+        users={USER: SECRET},
+        tls_context=make_server_context(ca, "localhost"),
+        implicit_tls=True,
+        faults=faults,
+    ) as server:
+        home.write_config(config(server, tmp_path / "Mail", ca_file, auth="user", timeout=2))
+        result = home.run("sync")
+        assert result.code == 75, result
+        with SeenStore(home.store_path) as store:
+            mailbox = store.mailbox_id("localhost", server.port, USER)
+            assert mailbox is not None and store.quirks(mailbox) == set()
+        assert len(maildir_messages(tmp_path / "Mail")) == 1  # the one answered in time

@@ -142,3 +142,23 @@ def test_microsoft_two_step_xoauth2_with_a_long_token(
         assert token.encode() in base64.b64decode(sent)
     assert maildir_messages(mail) == [b"Subject: hi\n\nfrom outlook\n"]
     assert server.errors == []
+
+
+def test_gmail_batches_respect_max_messages_and_ask_the_password_once(
+    ca: trustme.CA, ca_file: Path, home: Home, tmp_path: Path
+) -> None:
+    box = GmailMailbox([b"Subject: %d\n\nx\n" % n for n in range(1, 601)])
+    mail = tmp_path / "Mail"
+    asked = tmp_path / "asked"
+    context = make_server_context(ca, "localhost")
+    with FakePOP3(box, tls_context=context, implicit_tls=True, greeting=GPOP) as server:
+        text = gmail_config(server, mail, ca_file).replace(
+            'password = "secret"\n',
+            f"password_command = \"sh -c 'echo >> {asked}; echo secret'\"\n",
+        )
+        home.write_config(text + "max_messages = 300\n")
+        result = home.run("sync")
+        assert result.code == 0, result
+        assert len(maildir_messages(mail)) == 300  # per run, over both sessions
+        assert box.sessions == 2
+        assert asked.read_text() == "\n"  # one password_command for two logins

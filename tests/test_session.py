@@ -125,3 +125,37 @@ def test_an_in_process_command_failure_goes_through_the_one_funnel(tmp_path: Pat
     assert result.exit_code == ExitCode.CONFIG
     assert err.getvalue().startswith(f"fetchpop: {missing}: ")
     assert out.getvalue() == ""
+
+
+def test_an_interrupted_mbox_delivery_the_server_cannot_serve_now_waits(tmp_path: Path) -> None:
+    """Killed after the mbox copy was written, before it was recorded: the next
+    run compares with the server's copy. If RETR is refused for now
+    ([SYS/TEMP]), nothing is decided and the message is not fetched again."""
+    from fakepop import err
+
+    from fetchpop.deliver import format_deliver
+
+    mbox = tmp_path / "mail.mbox"
+    with (
+        FakePOP3([b"Subject: one\n\nbody\n"]) as server,
+        SeenStore(tmp_path / "s.sqlite3") as store,
+    ):
+        acct = dataclasses.replace(
+            account(server, tmp_path / "unused"), deliver=DeliverySpec("mbox", mbox)
+        )
+        Session(acct, store, secret).run()
+        mailbox = store.mailbox_id("127.0.0.1", server.port, "alice")
+        assert mailbox is not None
+        # As a kill -9 after the fsync and before the record leaves it:
+        store.forget(mailbox, ["uid-1"])
+        store.begin_intents(mailbox, format_deliver(acct.deliver), [("uid-1", "0")], durable=True)
+        server.faults = [Fault("RETR 1", err(b"-ERR [SYS/TEMP] busy, try later\r\n"), times=1)]
+        result = Session(acct, store, secret).run()
+        assert result.fetched == 0
+        assert any("cannot be read now to check" in w for w in result.warnings), result.warnings
+        assert mbox.read_bytes().count(b"Subject: one") == 1
+        assert [i.uidl for i in store.intents(mailbox)] == ["uid-1"]
+        later = Session(acct, store, secret).run()  # the server serves it again
+        assert later.fetched == 0 and any("were recorded" in w for w in later.warnings)
+        assert mbox.read_bytes().count(b"Subject: one") == 1
+        assert "uid-1" in store.seen(mailbox)

@@ -168,3 +168,14 @@ def test_a_port_of_another_protocol(
     expected = f"fetchpop: acct: port {server.port} of 127.0.0.1 speaks {name}, {OTHER}"
     assert only_line(stderr) == expected
     assert took < LIMIT
+
+
+def test_a_slow_greeting_is_no_wrong_port(home: Home, tmp_path: Path) -> None:
+    """A correct server that greets after 3 s (a busy one, a greet-pause): the
+    look at the port finds POP3, or nothing, and the sync goes on."""
+    from fakepop import FakePOP3, Fault, delay
+
+    with FakePOP3([b"Subject: hi\n\nslow\n"], faults=[Fault("greeting", delay(3.0))]) as server:
+        code, stderr, took = run(home, tmp_path, server.port, "off", auth="user")
+    assert code == 0, stderr
+    assert took < LIMIT

@@ -150,6 +150,7 @@ def sync_one(
             checkpoint=signals.check,
             accept_new_uidls=accept_new_uidls,
             on_message=message_line(env, account.name, progress),
+            now=env.clock,
         )
     progress.done()
     if outcome.error is not None:
@@ -175,6 +176,8 @@ def sync_one(
             deleted=result.deleted,
             skipped=[{"uidl": u, "reason": r} for u, r in result.skipped],
             warnings=result.warnings,
+            notes=result.notes,
+            problems=result.problems,
             server_messages=result.server_messages,
         )
     ok = outcome.error is None

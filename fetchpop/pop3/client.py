@@ -328,9 +328,9 @@ class Client:
         """Send UTF8 (RFC 6856 section 2), in the AUTHORIZATION state.
 
         Without it Courier serves a message with 8-bit bytes in its header as
-        a generated wrapper ("Cannot display Unicode content"). Its reply is
-        not waited for: with PIPELINING it goes out with the login, else
-        before it; a refusal changes nothing.
+        a generated wrapper ("Cannot display Unicode content"). With
+        PIPELINING its reply is not waited for (it goes out with the login);
+        else it is read before the login goes out. A refusal changes nothing.
         """
         self._send(self._p.send("UTF8"))
         if self.pipelining:

@@ -201,7 +201,6 @@ class POP3Protocol:
         self._lines: list[bytes] = []
         self._listing_size = 0
         self._listing_text = b""
-        self._after_stls = False
         self._queued = 1  # the greeting is expected like a reply
         self._state = State.AUTHORIZATION
         self._barrier: str | None = None  # a pending STLS or login command

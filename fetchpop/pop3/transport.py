@@ -241,11 +241,9 @@ class Transport:
         )
 
     def wait_readable(self, seconds: float) -> bool:
-        """Whether the server has sent something (or closed) within *seconds*."""
-        if isinstance(self._sock, ssl.SSLSocket) and self._sock.pending():
-            return True
-        readable, _, _ = select.select([self._sock], [], [], seconds)
-        return bool(readable)
+        """Whether the server has sent something (or closed) within *seconds*
+        (before TLS: what TLS has buffered is not looked at)."""
+        return _readable(self._sock, seconds)
 
     def send(self, data: bytes) -> None:
         """Write all of *data*."""
@@ -336,8 +334,7 @@ def first_words(host: str, port: int, *, quiet: float = 0.5, timeout: float = 3.
     hello = outgoing.read()
     try:
         with socket.create_connection((host, port), timeout) as sock:
-            readable, _, _ = select.select([sock], [], [], quiet)
-            if not readable:
+            if not _readable(sock, quiet):
                 sock.sendall(hello + b"\r\n\r\n")
             deadline = time.monotonic() + timeout
             data = b""
@@ -353,6 +350,14 @@ def first_words(host: str, port: int, *, quiet: float = 0.5, timeout: float = 3.
             return data
     except OSError:
         return b""
+
+
+def _readable(sock: socket.socket, seconds: float) -> bool:
+    # poll, not select: select fails for descriptors beyond 1023 (--jobs in a
+    # process with many files open).
+    poller = select.poll()
+    poller.register(sock, select.POLLIN)
+    return bool(poller.poll(seconds * 1000))
 
 
 # OpenSSL's reason codes a user meets most, said in words.

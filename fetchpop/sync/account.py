@@ -52,6 +52,7 @@ def run_account(
     checkpoint: Callable[[], None] | None = None,
     accept_new_uidls: bool = False,
     on_message: Callable[[ServerMessage, int], None] | None = None,
+    now: Callable[[], float] = time.time,
 ) -> AccountRun:
     """Sync *account* under its mailbox lock (waiting up to *wait* seconds for
     another run's), and record the outcome in *store* for ``fetchpop status``.
@@ -74,6 +75,7 @@ def run_account(
                 checkpoint=checkpoint,
                 accept_new_uidls=accept_new_uidls,
                 on_message=on_message,
+                now=now,
             )
             outcome.result = session.run()
     except FetchpopError as exc:

@@ -96,11 +96,16 @@ def _open_connection(
         )
     except NotTLSError as exc:
         service = identify_service(first_words(account.host, account.port))
-        raise (exc if service in (None, "TLS") else wrong_port(account, service)) from exc
+        if service in (None, "TLS"):
+            raise
+        raise wrong_port(account, service) from exc
     try:
         if account.tls != "implicit" and not transport.wait_readable(GREETING_PROBE):
             service = identify_service(first_words(account.host, account.port))
-            if service not in (None, "pop3"):
+            # The greeting may have come while the probe looked: then the
+            # probe's answer (a multiplexer routes by what a client sends
+            # first) does not speak for this connection.
+            if service not in (None, "pop3") and not transport.wait_readable(0):
                 raise wrong_port(account, service)
         try:
             client = Client(transport, log=log, pipelining=pipelining)

@@ -10,17 +10,31 @@ from fetchpop.errors import PipeliningLostError
 from fetchpop.pop3.client import Log
 from fetchpop.seenstore import SeenStore
 from fetchpop.sync.connect import PasswordSource, connect
-from fetchpop.sync.plan import Known, Plan, ServerMessage, make_plan, server_messages
+from fetchpop.sync.plan import (
+    Known,
+    Plan,
+    ServerMessage,
+    lock_step_lately,
+    make_plan,
+    server_messages,
+)
 
 
 def list_server(
-    account: Account, password: PasswordSource, *, log: Log | None = None
+    account: Account,
+    password: PasswordSource,
+    *,
+    log: Log | None = None,
+    pipelining: bool = True,
 ) -> tuple[list[ServerMessage], int]:
-    """Log in, list the maildrop (see :func:`server_messages`), QUIT. Changes nothing."""
-    try:
-        return _list_server(account, password, log, pipelining=True)
-    except PipeliningLostError:
-        return _list_server(account, password, log, pipelining=False)
+    """Log in, list the maildrop (see :func:`server_messages`), QUIT. Changes
+    nothing. *pipelining* False: the server is known to lose commands."""
+    if pipelining:
+        try:
+            return _list_server(account, password, log, pipelining=True)
+        except PipeliningLostError:
+            pass
+    return _list_server(account, password, log, pipelining=False)
 
 
 def _list_server(
@@ -45,7 +59,7 @@ def check_account(
     now: float | None = None,
 ) -> Plan:
     """What a sync would fetch and delete now. Changes nothing anywhere."""
-    messages, repeats = list_server(account, password, log=log)
+    messages, repeats = list_server(account, password, log=log, pipelining=known.pipelining)
     plan = make_plan(account, messages, known, now=time.time() if now is None else now)
     plan.repeated_uidls = repeats
     return plan
@@ -63,7 +77,11 @@ def mark_seen(
     Returns (messages on the server, UIDLs newly recorded). With *store* None
     (a dry run) nothing is written; the second item lists what would be.
     """
-    messages, _ = list_server(account, password, log=log)
+    lock_step = False
+    if store is not None:
+        box = store.mailbox_id(*account.mailbox, create=False)
+        lock_step = box is not None and lock_step_lately(store, box)
+    messages, _ = list_server(account, password, log=log, pipelining=not lock_step)
     seen: dict[str, float] = {}
     mailbox = None
     if store is not None:

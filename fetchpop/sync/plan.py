@@ -6,18 +6,35 @@ queries)."""
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Collection, Mapping
 
 from fetchpop.config import Account
 from fetchpop.errors import ProtocolError, TempFailError
-from fetchpop.pop3.client import Client
-from fetchpop.seenstore import SeenStore
+from fetchpop.pop3.client import Client, Refusal
+from fetchpop.seenstore import NO_PIPELINING, SeenStore
 
 DAY = 86400.0
 #: A message that fails delivery this many times is skipped (and reported).
 MAX_ATTEMPTS = 3
 #: The UIDL-reset brake: this many unknown messages at least ...
 RESET_MIN_UNKNOWN = 20
+#: A server found to lose pipelined commands is served in lock-step this
+#: long, then tried with pipelining again (it may have been upgraded).
+QUIRK_DAYS = 30
+
+#: How servers say that RETR's message is gone (deleted by another client
+#: since the listing): Dovecot "Message 1 expunged.", "There's no message 9.",
+#: Courier "Can't open the message file - it's gone!"
+_GONE = re.compile(
+    rb"expunged|no such message|no message|deleted|does ?n[o']t exist|not found|gone",
+    re.IGNORECASE,
+)
+
+
+def message_gone(refusal: Refusal) -> bool:
+    """Whether a RETR's ``-ERR`` says the message is gone (not "cannot now")."""
+    return refusal.code is None and bool(_GONE.search(refusal.text))
 
 
 @dataclasses.dataclass(slots=True)  # not frozen: a mailbox makes 100,000 of them
@@ -85,11 +102,23 @@ class Known:
     undelivered: set[str] = dataclasses.field(default_factory=set)
     #: UIDL -> (failed delivery attempts, last reason); skips noted.
     problems: dict[str, tuple[int, str]] = dataclasses.field(default_factory=dict)
+    #: False: the server lost pipelined commands lately (lock-step with it).
+    pipelining: bool = True
 
 
 def read_known(store: SeenStore, mailbox: int) -> Known:
-    """Everything :func:`make_plan` needs from the store, in three queries."""
-    return Known(store.seen(mailbox), store.undelivered(mailbox), store.problems(mailbox))
+    """Everything :func:`make_plan` needs from the store, in four queries."""
+    return Known(
+        store.seen(mailbox),
+        store.undelivered(mailbox),
+        store.problems(mailbox),
+        pipelining=not lock_step_lately(store, mailbox),
+    )
+
+
+def lock_step_lately(store: SeenStore, mailbox: int) -> bool:
+    """Whether *mailbox*'s server lost pipelined commands in the last QUIRK_DAYS."""
+    return NO_PIPELINING in store.quirks(mailbox, max_age=QUIRK_DAYS * DAY)
 
 
 def make_plan(

@@ -23,13 +23,12 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import re
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 
 from fetchpop.config import Account, format_deliver
-from fetchpop.deliver import DeliverySpec, open_target, parse_deliver
+from fetchpop.deliver import DeliverySpec, open_target
 from fetchpop.deliver.base import Target
 from fetchpop.errors import (
     DeliveryError,
@@ -41,20 +40,24 @@ from fetchpop.errors import (
     sanitize,
 )
 from fetchpop.pop3.client import PIPELINE_WINDOW, Client, Log, Refusal
-from fetchpop.seenstore import NO_PIPELINING, Intent, SeenStore
+from fetchpop.seenstore import NO_PIPELINING, SeenStore
 from fetchpop.sync.connect import PasswordSource, connect
 from fetchpop.sync.ident import HeaderReader
 from fetchpop.sync.plan import (
     MAX_ATTEMPTS,
+    QUIRK_DAYS,
     Known,
     Plan,
     ServerMessage,
     UIDLResetError,
+    lock_step_lately,
     make_plan,
+    message_gone,
     read_known,
     server_messages,
     uidl_reset,
 )
+from fetchpop.sync.recovery import reconcile
 
 #: Group commit: flush after this many messages or bytes, whichever first.
 BATCH_MESSAGES = 64
@@ -64,14 +67,6 @@ BATCH_OCTETS = 16 * 1024 * 1024
 GMAIL_BATCH = 200
 #: Sessions one sync may open for such a server (250 messages each).
 MAX_SESSIONS = 40
-
-#: How servers say that RETR's message is gone (deleted by another client
-#: since the listing): Dovecot "Message 1 expunged.", "There's no message 9.",
-#: Courier "Can't open the message file - it's gone!"
-_GONE = re.compile(
-    rb"expunged|no such message|no message|deleted|does ?n[o']t exist|not found|gone",
-    re.IGNORECASE,
-)
 
 Progress = Callable[[str, int], None]
 
@@ -91,6 +86,20 @@ class SyncResult:
     #: What is said even with ``-q`` (messages skipped for good).
     problems: list[str] = dataclasses.field(default_factory=list)
     server_messages: int = 0
+
+
+def _asked_once(source: PasswordSource) -> PasswordSource:
+    """*source*, asked at most once a run, however many sessions log in
+    (Gmail's batches, the lock-step retry): no second prompt, no second
+    password_command."""
+    got: list[str] = []
+
+    def password() -> str:
+        if not got:
+            got.append(source())
+        return got[0]
+
+    return password
 
 
 @contextmanager
@@ -122,7 +131,7 @@ class Session:
     ) -> None:
         self.account = account
         self.store = store
-        self.password = password
+        self.password = _asked_once(password)
         self.log = log
         self.progress = progress
         self.now = now
@@ -144,6 +153,8 @@ class Session:
         self._pipelining = True  # until the server is known to lose commands
         # Planned for deletion, but could not be checked (TOP refused).
         self._unproven: set[str] = set()
+        # Maybe delivered by an interrupted run, not checkable now: not fetched.
+        self._undecided: set[str] = set()
         self._batched = False  # the last session's listing may have been a batch (Gmail)
         self._listed = 0
 
@@ -153,20 +164,20 @@ class Session:
         mailbox = self.store.mailbox_id(*account.mailbox)
         assert mailbox is not None
         self._mailbox = mailbox
-        self._pipelining = NO_PIPELINING not in self.store.quirks(mailbox)
+        self._pipelining = not lock_step_lately(self.store, mailbox)
         with _target(account.deliver, account) as target:
             sessions = 1
             before = self.result.fetched
             self._connection(target)
             # Gmail lists at most about 250 messages a session, the next ones
             # the next session: go on while each session brings new mail.
-            while self._batched and self.result.fetched > before and self.failure is None:
+            while self._batched and self.result.fetched > before and self._may_go_on():
                 if sessions == MAX_SESSIONS:
                     self.result.notes.append(
-                        f"the server lists at most {self._listed} messages a session; "
                         f"more may be waiting after {sessions} sessions, for the next run"
                     )
                     break
+                self.checkpoint()
                 sessions += 1
                 before = self.result.fetched
                 self._known = None
@@ -175,6 +186,7 @@ class Session:
                 self.result.notes.append(
                     f"{sessions} sessions: the server lists at most {self._listed} messages at once"
                 )
+        self._once_each()
         if self.failure is not None:
             raise self.failure
         if self.result.problems:
@@ -186,8 +198,24 @@ class Session:
             )
         return self.result
 
+    def _may_go_on(self) -> bool:
+        """Whether another session may follow: no failure, and max_messages not reached."""
+        limit = self.account.max_messages
+        return self.failure is None and (limit is None or self.result.fetched < limit)
+
+    def _once_each(self) -> None:
+        """Each line once, however many sessions said it."""
+        for lines in (self.result.warnings, self.result.notes, self.result.problems):
+            lines[:] = dict.fromkeys(lines)
+        self.result.skipped = list(dict.fromkeys(self.result.skipped))
+
     def _connection(self, target: Target) -> None:
-        """One session, and once more in lock-step if the server lost pipelined commands."""
+        """One session, and once more in lock-step if the server lost pipelined commands.
+
+        The server is remembered as one that must not be pipelined only when
+        the lock-step session then works: a network outage (both fail) or a
+        slow login is not the server's quirk.
+        """
         try:
             self._session(target, self._pipelining)
         except PipeliningLostError as exc:
@@ -195,11 +223,13 @@ class Session:
                 raise
             # What was delivered is recorded, nothing was deleted (no QUIT was
             # confirmed): the next session goes on from there.
-            self.store.note_quirk(self._mailbox, NO_PIPELINING)
-            self.result.notes.append(f"{exc}; going on without pipelining, now and in later runs")
             self._pipelining = False
             self._known = None
             self._session(target, pipelining=False)
+            self.store.note_quirk(self._mailbox, NO_PIPELINING)
+            self.result.notes.append(
+                f"{exc}; going on without pipelining, now and for {QUIRK_DAYS} days"
+            )
 
     def _session(self, target: Target, pipelining: bool) -> None:
         """One connection: log in, then :meth:`_transact`."""
@@ -226,53 +256,27 @@ class Session:
         self._known = read_known(self.store, self._mailbox)
 
     def _reconcile(self, client: Client, target: Target, messages: list[ServerMessage]) -> bool:
-        """Resolve intents left by a run that was killed (SPEC section 1, promise 2).
-
-        A Maildir answers from its directories. An mbox whose file grew past
-        the intent's offset is compared with the server's copy (a partial tail
-        is cut off). An MDA cannot be asked: the message is delivered again,
-        at least once, never lost; fetchpop(1) says so. True when there were
-        intents (then the store has changed).
-        """
-        intents = self.store.intents(self._mailbox)
-        if not intents:
-            return False
-        on_server = {m.uidl: m for m in messages}
-        current = format_deliver(self.account.deliver)
-        recorded: list[Intent] = []
-        dropped: list[Intent] = []
-        for intent in intents:
-            if intent.target == current:
-                found = target.delivered(intent.detail)
-                if found is None and intent.uidl in on_server:
-                    msg = on_server[intent.uidl]
-                    found = self._confirm(client, target, intent.detail, msg)
-            else:
-                with _target(parse_deliver(intent.target), self.account) as other:
-                    found = other.delivered(intent.detail)
-            (recorded if found else dropped).append(intent)
-        if recorded:
-            self.store.record(
-                self._mailbox, [i.uidl for i in recorded], done=[i.id for i in recorded]
-            )
-            self.store.sync()
+        """Resolve intents left by an interrupted run (:mod:`fetchpop.sync.recovery`);
+        True when there were any (then the store has changed)."""
+        outcome = reconcile(self.store, self._mailbox, self.account, client, target, messages)
+        if outcome.recorded:
             self.result.warnings.append(
-                f"{len(recorded)} message(s) delivered by an interrupted run were recorded"
+                f"{outcome.recorded} message(s) delivered by an interrupted run were recorded"
             )
-        if dropped:
-            self.store.drop_intents([i.id for i in dropped])
-        return True
-
-    @staticmethod
-    def _confirm(client: Client, target: Target, detail: str, msg: ServerMessage) -> bool:
-        for _, body in client.retrieve([(msg.number, msg.size)]):
-            if isinstance(body, Refusal):
-                return False
-            return target.confirm(detail, body)
-        return False
+        for uidl, words in outcome.undecided.items():
+            self._undecided.add(uidl)
+            self.result.warnings.append(
+                f"message {sanitize(uidl)} may have been delivered by an interrupted run, and "
+                f"the server's copy cannot be read now to check ({words}); left for a later run"
+            )
+        return outcome.had_intents
 
     def _transact(self, client: Client, target: Target) -> None:
         account = self.account
+        if account.max_messages is not None and self.result.fetched:
+            # max_messages is per run: what earlier sessions fetched counts.
+            left = max(0, account.max_messages - self.result.fetched)
+            account = dataclasses.replace(account, max_messages=left)
         messages, repeats = server_messages(client)
         self.result.server_messages = len(messages)
         self._listed = max(self._listed, len(messages))
@@ -307,6 +311,8 @@ class Session:
             known = self._prove(client, plan, known, window)
             plan = make_plan(account, messages, known, now=self.now())
         self._note_skips(plan, known.problems)
+        if self._undecided:
+            plan.fetch = [m for m in plan.fetch if m.uidl not in self._undecided]
         try:
             self._fetch(client, target, plan.fetch, window)
         finally:
@@ -428,15 +434,22 @@ class Session:
     def _retr_refused(self, msg: ServerMessage, reply: Refusal) -> None:
         """RETR got -ERR: the message is gone, or the server cannot serve it now."""
         uidl, words = sanitize(msg.uidl), reply.words
-        if reply.code is None and _GONE.search(reply.text):
+        if message_gone(reply):
             # Deleted since the listing (another device): nothing to fetch.
             self.result.warnings.append(
                 f"message {uidl} vanished before it could be fetched: {words}"
             )
             return
         # [SYS/TEMP] and the like: it stays on the server, unrecorded, and the
-        # run says "try again later" (75) instead of passing over it.
-        line = f"message {uidl} could not be fetched: {words}; it stays on the server"
+        # run says "try again later" (75) instead of passing over it. Each
+        # such run counts, as a refused delivery does: a message the server
+        # never serves is skipped after MAX_ATTEMPTS runs (65), not retried
+        # (and every other account's --every round slowed) for ever.
+        self.store.note_problem(self._mailbox, msg.uidl, f"RETR: {words}", attempt=True)
+        line = (
+            f"message {uidl} could not be fetched: {words.rstrip('.')}; "
+            "it stays on the server"
+        )
         if self.failure is None:
             self.failure = TempFailError(line)
         else:
