@@ -146,14 +146,7 @@ def _pdeathsig() -> None:  # pragma: no cover - runs in the child
 
 def _session_members(sid: int) -> list[int]:
     """Live processes of session *sid* (couriertcpd leaves our process group)."""
-    pids = []
-    for entry in os.listdir("/proc"):
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            stat = Path(f"/proc/{entry}/stat").read_bytes()
-            fields = stat[stat.rfind(b")") + 2 :].split()
-            if fields[0] != b"Z" and int(fields[3]) == sid:
-                pids.append(int(entry))
-    return pids
+    return servers.members(sid, field=3)
 
 
 def _reap_stale_dirs(parent: str) -> None:

@@ -181,17 +181,7 @@ def _set_pdeathsig() -> None:  # pragma: no cover - runs in the child
 
 def _group_members(pgid: int) -> list[int]:
     """PIDs of live (non-zombie) processes in process group *pgid*."""
-    pids = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_bytes()
-            except OSError:
-                continue
-            fields = stat[stat.rfind(b")") + 2 :].split()  # state ppid pgrp ...
-            if len(fields) > 2 and fields[0] != b"Z" and int(fields[2]) == pgid:
-                pids.append(int(entry))
-    return pids
+    return servers.members(pgid)
 
 
 class Cyrus:
@@ -379,18 +369,7 @@ class Cyrus:
     def _kill_group(self) -> None:
         """SIGTERM our process group (SIGKILL after a second) until it is empty."""
         assert self._proc is not None
-        pgid = self._proc.pid  # start_new_session: the master leads the group
-        deadline = time.monotonic() + _TERM_GRACE
-        sig = signal.SIGTERM
-        while True:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(pgid, sig)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self._proc.wait(0.05)
-            if self._proc.returncode is not None and not _group_members(pgid):
-                break
-            if time.monotonic() > deadline:
-                sig = signal.SIGKILL
+        servers.kill_group(self._proc, _TERM_GRACE)
         self._proc = None
 
     @staticmethod

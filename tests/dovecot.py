@@ -65,6 +65,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import NamedTuple
 
+import servers
 import trustme
 
 __all__ = [
@@ -186,23 +187,6 @@ def _set_pdeathsig() -> None:  # pragma: no cover - runs in the child
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
-
-def _group_members(pgid: int) -> list[int]:
-    """PIDs of live (non-zombie) processes in process group ``pgid``."""
-    pids = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        # "pid (comm) state ppid pgrp ..." - comm may contain spaces/parens.
-        fields = stat[stat.rfind(b")") + 2 :].split()
-        if len(fields) > 2 and fields[0] != b"Z" and int(fields[2]) == pgid:
-            pids.append(int(entry))
-    return pids
 
 
 def _user_exists(name: str) -> bool:
@@ -425,18 +409,7 @@ class Dovecot:
         survives ``_STOP_TIMEOUT`` gets SIGKILL.
         """
         assert self._proc is not None
-        pgid = self._proc.pid  # start_new_session=True: master leads the group
-        deadline = time.monotonic() + _STOP_TIMEOUT
-        sig = signal.SIGTERM
-        while True:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(pgid, sig)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self._proc.wait(0.05)
-            if self._proc.returncode is not None and not _group_members(pgid):
-                return
-            if time.monotonic() > deadline:
-                sig = signal.SIGKILL
+        servers.kill_group(self._proc, _STOP_TIMEOUT)
 
     # ---------------------------------------------------------------- config
     def _write_tls(self) -> None:

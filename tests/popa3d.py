@@ -180,14 +180,7 @@ def _reap_stale() -> None:
 
 def _live_members(pgid: int) -> list[int]:
     """PIDs of non-zombie processes in process group *pgid*."""
-    pids = []
-    for entry in os.listdir("/proc"):
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            stat = Path(f"/proc/{entry}/stat").read_bytes()
-            fields = stat[stat.rfind(b")") + 2 :].split()  # state ppid pgrp ...
-            if fields[0] != b"Z" and int(fields[2]) == pgid:
-                pids.append(int(entry))
-    return pids
+    return servers.members(pgid)
 
 
 def mbox_entry(raw: bytes, sender: str = "MAILER-DAEMON", when: float | None = None) -> bytes:
@@ -274,16 +267,7 @@ class Popa3d:
         """SIGTERM our process group (socat and every popa3d), SIGKILL after 5 s."""
         if self._proc is None:
             return
-        pgid, deadline, sig = self._proc.pid, time.monotonic() + 5, signal.SIGTERM
-        while True:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(pgid, sig)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self._proc.wait(0.05)
-            if self._proc.returncode is not None and not _live_members(pgid):
-                break
-            if time.monotonic() > deadline:
-                sig = signal.SIGKILL
+        servers.kill_group(self._proc, 5.0)
         self._proc = None
 
     def stop(self) -> None:

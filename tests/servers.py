@@ -27,8 +27,11 @@ from __future__ import annotations
 import contextlib
 import os
 import poplib
+import signal
 import socket
 import ssl
+import subprocess
+import time
 from pathlib import Path
 
 ROOT_ENV = "FETCHPOP_SERVER_ROOT"
@@ -53,6 +56,37 @@ def require(what: str, available: bool, why: str) -> None:
     pytest.skip(message)
 
 
+def members(group: int, *, field: int = 2) -> list[int]:
+    """PIDs of live (non-zombie) processes whose process group (*field* 2 of
+    /proc/PID/stat after the command) or session (*field* 3) is *group*."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                stat = f.read()
+            # "pid (comm) state ppid pgrp session ...": comm may hold spaces and parens.
+            fields = stat[stat.rfind(b")") + 2 :].split()
+            if fields[0] != b"Z" and int(fields[field]) == group:
+                pids.append(int(entry))
+    return pids
+
+
+def kill_group(proc: subprocess.Popen[bytes], grace: float) -> None:
+    """SIGTERM the process group *proc* leads (``start_new_session=True``),
+    SIGKILL after *grace* seconds, until no process of it is left; reaps *proc*."""
+    pgid, sig = proc.pid, signal.SIGTERM
+    deadline = time.monotonic() + grace
+    while True:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pgid, sig)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(0.05)
+        if proc.returncode is not None and not members(pgid):
+            return
+        if time.monotonic() > deadline:
+            sig = signal.SIGKILL
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
@@ -62,8 +96,6 @@ def free_port() -> int:
 
 def wait_for_port(port: int, timeout: float = 20.0) -> bool:
     """Whether something accepts connections on 127.0.0.1:*port* within *timeout*."""
-    import time
-
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):

@@ -80,7 +80,7 @@ def test_delete_after_days_checks_each_old_message_first(home: Home, mail: Path)
         result = sync(home, server)
         assert result.code == 0, result
         assert problems(result) == [
-            "fetchpop: home: 1 message(s) carry the UIDL of a message delivered and deleted "
+            "fetchpop: home: 1 message(s) carry the UIDL of another message delivered "
             "before: fetched as new, not deleted"
         ]
         assert server.commands_named("TOP") == ["1 0", "2 0", "3 0"]

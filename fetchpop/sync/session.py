@@ -360,7 +360,7 @@ class Session:
             return known
         self.store.forget(self._mailbox, different)
         self.result.warnings.append(
-            f"{len(different)} message(s) carry the UIDL of a message delivered and deleted "
+            f"{len(different)} message(s) carry the UIDL of another message delivered "
             "before: fetched as new, not deleted"
         )
         seen = {u: t for u, t in known.seen.items() if u not in set(different)}
