@@ -159,3 +159,69 @@ def test_an_interrupted_mbox_delivery_the_server_cannot_serve_now_waits(tmp_path
         assert later.fetched == 0 and any("were recorded" in w for w in later.warnings)
         assert mbox.read_bytes().count(b"Subject: one") == 1
         assert "uid-1" in store.seen(mailbox)
+
+
+def test_an_os_error_that_escapes_is_a_local_io_error_not_a_bug() -> None:
+    """Say, EIO while Python reads one of fetchpop's modules for a lazy import."""
+    import errno
+
+    from fetchpop.cli.app import failure
+
+    code, lines = failure(OSError(errno.EIO, "Input/output error"))
+    assert code == ExitCode.IOERR
+    assert lines == ["local I/O error: [Errno 5] Input/output error"]
+    assert failure(ValueError("x"))[0] == ExitCode.SOFTWARE
+
+
+def test_a_local_io_error_during_the_tls_handshake_is_74(monkeypatch: pytest.MonkeyPatch) -> None:
+    """EIO or ENOSPC in the middle of a handshake is this machine's trouble,
+    not a TLS failure (69) that would send the user looking at certificates."""
+    import errno
+    import socket
+    import ssl
+
+    from fetchpop.errors import LocalIOError
+    from fetchpop.pop3.transport import Transport, make_ssl_context
+
+    class Failing:
+        def settimeout(self, _: float) -> None:
+            pass
+
+        def do_handshake(self) -> None:
+            raise OSError(errno.EIO, "Input/output error")
+
+        def close(self) -> None:
+            pass
+
+    context = make_ssl_context()
+    monkeypatch.setattr(ssl.SSLContext, "wrap_socket", lambda *a, **k: Failing())
+    left, right = socket.socketpair()
+    with left, right:
+        transport = Transport(left, "pop.example.org", 5.0)
+        with pytest.raises(LocalIOError, match="Input/output error") as info:
+            transport.start_tls(context)
+    assert info.value.exit_code == ExitCode.IOERR
+
+
+def test_no_summary_as_if_all_went_well_for_a_failed_account(tmp_path: Path) -> None:
+    from runner import Home
+
+
+    home = Home(tmp_path / "home")
+    with FakePOP3(MESSAGES) as server:
+        port = server.port
+    home.write_config(
+        account_toml(
+            "home",
+            host="127.0.0.1",
+            port=port,
+            user="alice",
+            password="secret",
+            tls="off",
+            deliver=f"maildir:{tmp_path / 'Mail'}",
+            timeout=5,
+        )
+    )
+    result = home.run("-v", "sync")  # nothing listens on the port any more
+    assert result.code == 75, result
+    assert "new message(s)" not in result.stderr

@@ -53,6 +53,11 @@ def failure(exc: BaseException) -> tuple[int, list[str]]:
         return int(exc.exit_code), str(exc).splitlines() or [type(exc).__name__]
     if isinstance(exc, KeyboardInterrupt):
         return ExitCode.INTERRUPTED, ["interrupted"]
+    if isinstance(exc, OSError):
+        # Everything that talks to the network or the target turns its
+        # OSErrors into FetchpopErrors; one that escapes is this machine's
+        # (fetchpop's own files unreadable while importing a module, say).
+        return ExitCode.IOERR, [f"local I/O error: {sanitize(str(exc))}"]
     # A bug: say so, briefly, with the type.
     return ExitCode.SOFTWARE, [f"internal error ({type(exc).__name__}): {sanitize(str(exc))}"]
 

@@ -166,10 +166,11 @@ def sync_one(
             env.info(f"{account.name}: {note}")
         for uidl, why in result.skipped:
             env.info(f"{account.name}: skipped {sanitize(uidl)}: {why}")
-        env.info(
-            f"{account.name}: {result.fetched} new message(s), {size(result.octets)}, "
-            f"{result.deleted} deleted, {len(result.skipped)} skipped"
-        )
+        if outcome.error is None:  # no summary as if all went well for a failed account
+            env.info(
+                f"{account.name}: {result.fetched} new message(s), {size(result.octets)}, "
+                f"{result.deleted} deleted, {len(result.skipped)} skipped"
+            )
         report.update(
             fetched=result.fetched,
             octets=result.octets,

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime
+import errno
 import hashlib
 import hmac
 import os
@@ -25,6 +26,7 @@ from pathlib import Path
 from fetchpop.errors import (
     ConnectError,
     ConnectionLostError,
+    LocalIOError,
     NoHostError,
     ServerTimeoutError,
     TLSError,
@@ -34,6 +36,9 @@ READ_SIZE = 256 * 1024
 # X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT and ..._LOCALLY: no trusted issuer found.
 _UNKNOWN_ISSUER = frozenset({2, 20})
 
+
+#: errnos that are this machine's trouble, whatever the peer does.
+_LOCAL_ERRNOS = frozenset({errno.EIO, errno.ENOSPC, errno.ENOMEM, errno.EROFS, errno.EDQUOT})
 
 #: OpenSSL's reasons for a handshake answered by something that is not TLS.
 _NOT_TLS = frozenset(
@@ -196,6 +201,11 @@ class Transport:
             ) from exc
         except (ssl.SSLError, TimeoutError, OSError) as exc:
             self.close()
+            if not isinstance(exc, ssl.SSLError) and exc.errno in _LOCAL_ERRNOS:
+                # This machine's fault (a disk, memory), not the server's TLS.
+                raise LocalIOError(
+                    f"TLS handshake with {self.host} failed: {_reason(exc)}"
+                ) from exc
             what = "timed out" if isinstance(exc, TimeoutError) else _reason(exc)
             not_tls = isinstance(exc, ssl.SSLError) and exc.reason in _NOT_TLS
             raise (NotTLSError if not_tls else TLSError)(
