@@ -206,7 +206,6 @@ def test_a_local_io_error_during_the_tls_handshake_is_74(monkeypatch: pytest.Mon
 def test_no_summary_as_if_all_went_well_for_a_failed_account(tmp_path: Path) -> None:
     from runner import Home
 
-
     home = Home(tmp_path / "home")
     with FakePOP3(MESSAGES) as server:
         port = server.port
@@ -225,3 +224,45 @@ def test_no_summary_as_if_all_went_well_for_a_failed_account(tmp_path: Path) -> 
     result = home.run("-v", "sync")  # nothing listens on the port any more
     assert result.code == 75, result
     assert "new message(s)" not in result.stderr
+
+
+DAY = 86400.0
+
+
+def test_delete_after_days_with_a_clock_that_jumps(tmp_path: Path) -> None:
+    """The clock is the Session's (injected): backwards, nothing is old enough;
+    forwards past the limit, what is due goes, checked first with TOP."""
+    mail = tmp_path / "Mail"
+    start = 1_800_000_000.0
+    with FakePOP3(MESSAGES[:2]) as server, SeenStore(tmp_path / "s.sqlite3") as store:
+        acct = account(server, mail, keep=True, delete_after_days=30)
+        first = Session(acct, store, secret, now=lambda: start).run()
+        assert first.fetched == 2
+        back = Session(acct, store, secret, now=lambda: start - 400 * DAY).run()
+        assert back.deleted == 0 and len(server.mailbox.messages) == 2
+        early = Session(acct, store, secret, now=lambda: start + 29.9 * DAY).run()
+        assert early.deleted == 0
+        due = Session(acct, store, secret, now=lambda: start + 30 * DAY).run()
+        assert due.deleted == 2 and server.mailbox.messages == []
+        assert server.commands_named("TOP") == ["1 0", "2 0"]
+        assert maildir_messages(mail) == sorted(MESSAGES[:2])
+
+
+@pytest.mark.parametrize("extra", [b"", b"a few more lines\n" * 3])
+def test_a_message_whose_size_differs_from_list_is_delivered_as_served(
+    extra: bytes, tmp_path: Path
+) -> None:
+    """LIST said one size, RETR serves another (smaller, or larger within the
+    bound): what was served is delivered, once."""
+    from fakepop import dot_stuff, reply, to_crlf
+
+    served = b"Subject: 2\n\nbody 2\n" + extra if extra else b"Subject: 2\n\nb\n"
+    wire = b"+OK\r\n" + dot_stuff(to_crlf(served)) + b".\r\n"
+    mail = tmp_path / "Mail"
+    with (
+        FakePOP3(MESSAGES[:3], faults=[Fault("RETR 2", reply(wire))]) as server,
+        SeenStore(tmp_path / "s.sqlite3") as store,
+    ):
+        result = Session(account(server, mail), store, secret).run()
+        assert result.fetched == 3
+        assert maildir_messages(mail) == sorted([MESSAGES[0], served, MESSAGES[2]])
