@@ -57,6 +57,14 @@ def unique_name() -> str:
     return f"{seconds}.M{usec}P{os.getpid()}Q{next(_counter)}.{_hostname()}"
 
 
+def _fsync_file(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def _is_plain_name(name: str) -> bool:
     return bool(name) and "/" not in name and "\0" not in name and not name.startswith(".")
 
@@ -278,7 +286,10 @@ class MaildirTarget:
         """Is a message named *intent* in ``new/`` or ``cur/``? Removes a stale ``tmp/`` file.
 
         A name matches when it is *intent* followed by ``,`` (our ``,S=``), ``:``
-        (a reader's flags) or nothing.
+        (a reader's flags) or nothing. A match is fsynced, file and directory,
+        before it counts: the run that wrote it may have failed at its fsync
+        (EIO), and then the file was seen but never known to be on the disk.
+        A failure now raises: nothing is recorded, nothing deleted.
         """
         if not _is_plain_name(intent):
             return False
@@ -288,6 +299,8 @@ class MaildirTarget:
                     for entry in entries:
                         rest = entry.name[len(intent) :]
                         if entry.name.startswith(intent) and rest[:1] in ("", ",", ":"):
+                            _fsync_file(entry.path)
+                            fsync_dir(sub)
                             return True
             # A crash between open and rename leaves the partial file in tmp/.
             with contextlib.suppress(FileNotFoundError):
