@@ -266,3 +266,33 @@ def test_a_message_whose_size_differs_from_list_is_delivered_as_served(
         result = Session(account(server, mail), store, secret).run()
         assert result.fetched == 3
         assert maildir_messages(mail) == sorted([MESSAGES[0], served, MESSAGES[2]])
+
+
+def test_knowing_redelivery_through_an_mda_is_said(tmp_path: Path) -> None:
+    """An MDA cannot be asked whether it got a message before a crash: the
+    message is delivered again (at least once, never lost), and one line says so."""
+    import sys
+
+    from fetchpop.deliver import format_deliver
+
+    out = tmp_path / "out"
+    out.mkdir()
+    script = tmp_path / "mda.py"
+    script.write_text(
+        "import sys, uuid, os\n"
+        f"open(os.path.join({str(out)!r}, uuid.uuid4().hex), 'wb').write(sys.stdin.buffer.read())\n"
+    )
+    spec = DeliverySpec("mda", None, (sys.executable, str(script)))
+    with FakePOP3(MESSAGES[:1]) as server, SeenStore(tmp_path / "s.sqlite3") as store:
+        acct = dataclasses.replace(account(server, tmp_path / "unused"), deliver=spec)
+        mailbox = store.mailbox_id("127.0.0.1", server.port, "alice")
+        assert mailbox is not None
+        # As a crash after the MDA exited 0, before the record, leaves it:
+        store.begin_intents(mailbox, format_deliver(spec), [("uid-1", "")], durable=True)
+        result = Session(acct, store, secret).run()
+        assert result.fetched == 1
+        assert (
+            "message uid-1 is delivered again: an interrupted run may have handed it to the "
+            "MDA already, and an MDA cannot be asked"
+        ) in result.warnings
+        assert len(list(out.iterdir())) == 1

@@ -29,6 +29,9 @@ class Reconciled:
     recorded: int = 0
     #: UIDL -> the server's refusal, for those that could not be checked now.
     undecided: dict[str, str] = dataclasses.field(default_factory=dict)
+    #: UIDLs an MDA may have delivered already: they are delivered again
+    #: (an MDA cannot be asked; at least once, never lost).
+    again: list[str] = dataclasses.field(default_factory=list)
 
 
 def reconcile(
@@ -63,6 +66,8 @@ def reconcile(
             found = target.delivered(intent.detail)
             if found is None and intent.uidl in on_server:
                 found = _confirm(client, target, intent, on_server[intent.uidl], outcome)
+                if found is False and account.deliver.kind == "mda":
+                    outcome.again.append(intent.uidl)
         if found is None and intent.uidl in outcome.undecided:
             continue  # kept for a later run
         (recorded if found else dropped).append(intent)

@@ -263,6 +263,11 @@ class Session:
             self.result.warnings.append(
                 f"{outcome.recorded} message(s) delivered by an interrupted run were recorded"
             )
+        for uidl in outcome.again:
+            self.result.warnings.append(
+                f"message {sanitize(uidl)} is delivered again: an interrupted run may have "
+                "handed it to the MDA already, and an MDA cannot be asked"
+            )
         for uidl, words in outcome.undecided.items():
             self._undecided.add(uidl)
             self.result.warnings.append(
