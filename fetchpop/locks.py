@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from fetchpop.errors import LocalIOError, LockedError
+from fetchpop.paths import make_private_dirs
 
 
 class MailboxLock:
@@ -27,7 +28,7 @@ class MailboxLock:
     def acquire(self, wait: float = 0.0) -> None:
         """Take the lock, waiting up to *wait* seconds; LockedError otherwise."""
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            make_private_dirs(self.path.parent)
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         except OSError as exc:
             raise LocalIOError(f"cannot create lock file {self.path}: {exc.strerror}") from exc

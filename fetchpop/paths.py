@@ -9,6 +9,7 @@ can both use it.
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 from collections.abc import Mapping
@@ -61,3 +62,31 @@ def expand_path(text: str, environ: Mapping[str, str]) -> Path:
     if "\0" in expanded:
         raise ValueError(f"path {text!r} contains a NUL character")
     return Path(expanded)
+
+
+def make_private_dirs(path: str | os.PathLike[str]) -> None:
+    """Create *path* and any missing parents, each with mode 0700.
+
+    ``os.makedirs`` (and ``Path.mkdir(parents=True)``) applies its mode to
+    the last directory only, and the umask to the others: under ``umask
+    000`` a new ``~/.local/state`` would be writable by anyone, who could then
+    swap the seen-store or a lock file. The seen-store's, the locks', the
+    config's and the mail folders' directories are made with this.
+    """
+    missing: list[str] = []
+    current = os.path.abspath(path)
+    while not os.path.isdir(current):
+        missing.append(current)
+        parent = os.path.dirname(current)
+        if parent == current:
+            break
+        current = parent
+    for directory in reversed(missing):
+        try:
+            os.mkdir(directory, 0o700)
+        except FileExistsError:
+            # Either a race with another creator (fine) or a file in the way.
+            if not os.path.isdir(directory):
+                raise NotADirectoryError(
+                    errno.ENOTDIR, os.strerror(errno.ENOTDIR), directory
+                ) from None

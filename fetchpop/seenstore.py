@@ -31,6 +31,7 @@ from collections.abc import Collection, Iterable, Iterator, Mapping
 from pathlib import Path
 
 from fetchpop.errors import StoreError, StoreLockedError
+from fetchpop.paths import make_private_dirs
 
 # Each entry upgrades the schema from version i to i + 1.
 MIGRATIONS: tuple[str, ...] = (
@@ -156,7 +157,7 @@ class SeenStore:
                     f"file:{path}?mode=ro", uri=True, isolation_level=None, timeout=10
                 )
             else:
-                path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+                make_private_dirs(path.parent)
                 if not path.exists():
                     _create(path)
                 elif path.stat().st_size == 0:

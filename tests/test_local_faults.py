@@ -119,3 +119,34 @@ def test_target_that_cannot_be_created_spares_other_accounts(
     assert dovecot.count(broken.user) == 1  # left on the server
     assert dovecot.count(fine.user) == 0
     assert maildir_messages(good_mail) == [b"Subject: x\n\ny\n"]
+
+
+def test_every_directory_fetchpop_creates_is_private_under_umask_000(
+    mailbox: DovecotUser, home: Home, tmp_path: Path
+) -> None:
+    """Path.mkdir(parents=True, mode=0o700) gives the mode to the last level
+    only: ~/.local and ~/.local/state came out 0777 under umask 000, and
+    anyone could swap the seen-store or the lock files."""
+    import os
+    import stat
+    import subprocess
+    import sys
+
+    dc = mailbox.dovecot
+    dc.add_messages(mailbox.user, [b"Subject: a\n\n1\n"])
+    state = tmp_path / "deep" / "state"  # none of it exists yet
+    mail = tmp_path / "mail" / "a" / "b" / "Maildir"
+    home.write_config(config(mailbox, f"maildir:{mail}"))
+    env = home.env({"XDG_STATE_HOME": str(state)})
+    code = (
+        "import os, runpy, sys; os.umask(0); sys.argv = ['fetchpop', 'sync']; "
+        "runpy.run_module('fetchpop', run_name='__main__')"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0, proc.stderr
+    created = [tmp_path / "deep", state, state / "fetchpop"]
+    created += [tmp_path / "mail", mail.parent.parent, mail.parent, mail]
+    for directory in created:
+        assert stat.S_IMODE(os.stat(directory).st_mode) == 0o700, directory

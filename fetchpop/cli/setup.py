@@ -37,7 +37,9 @@ def demo(directory: Path | None) -> None:
 
         where = directory or Path(tempfile.mkdtemp(prefix="fetchpop-demo-"))
         where = where.resolve()
-        where.mkdir(parents=True, exist_ok=True, mode=0o700)
+        from fetchpop.paths import make_private_dirs
+
+        make_private_dirs(where)
         config_path = where / "config.toml"
         mail = where / "Mail"
         out = env.stdout

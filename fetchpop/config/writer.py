@@ -21,6 +21,7 @@ from pathlib import Path
 from fetchpop.config.keys import ACCOUNT_KEYS
 from fetchpop.config.loader import load_config
 from fetchpop.errors import ConfigError, LocalIOError, sanitize
+from fetchpop.paths import make_private_dirs
 
 _BARE_KEY = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-")
 #: The temporary files beside the config file start so (and end in .toml).
@@ -137,7 +138,7 @@ def write_config(config_path: Path, text: str, *, mode: int | None = None) -> No
         except FileNotFoundError:
             mode = 0o600
     try:
-        config_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        make_private_dirs(config_path.parent)
         fd, tmp = tempfile.mkstemp(prefix=_TEMP_PREFIX, suffix=".toml", dir=config_path.parent)
     except OSError as exc:
         raise LocalIOError(f"cannot write {config_path}: {exc.strerror or exc}") from None

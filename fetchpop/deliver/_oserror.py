@@ -27,31 +27,6 @@ def os_error(exc: OSError, what: str) -> FetchpopError:
     return cls(f"{what}: {reason}")
 
 
-def make_dirs(path: str) -> None:
-    """Create *path* and any missing parents, each with mode 0700.
-
-    ``os.makedirs`` applies its mode to the last directory only; mail folders
-    and their parents should not be readable by others.
-    """
-    missing: list[str] = []
-    current = os.path.abspath(path)
-    while not os.path.isdir(current):
-        missing.append(current)
-        parent = os.path.dirname(current)
-        if parent == current:
-            break
-        current = parent
-    for directory in reversed(missing):
-        try:
-            os.mkdir(directory, 0o700)
-        except FileExistsError:
-            # Either a race with another creator (fine) or a file in the way.
-            if not os.path.isdir(directory):
-                raise NotADirectoryError(
-                    errno.ENOTDIR, os.strerror(errno.ENOTDIR), directory
-                ) from None
-
-
 def fsync_dir(path: str | os.PathLike[str]) -> None:
     """fsync a directory, so the entries made or renamed in it are durable."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)

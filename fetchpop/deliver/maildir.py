@@ -32,8 +32,9 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from fetchpop.deliver._oserror import fsync_dir, make_dirs, os_error
+from fetchpop.deliver._oserror import fsync_dir, os_error
 from fetchpop.errors import FetchpopError, LocalProtocolError
+from fetchpop.paths import make_private_dirs as make_dirs
 
 if TYPE_CHECKING:
     from concurrent.futures import Future, ThreadPoolExecutor

@@ -28,8 +28,9 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
-from fetchpop.deliver._oserror import fsync_dir, make_dirs, os_error
+from fetchpop.deliver._oserror import fsync_dir, os_error
 from fetchpop.errors import DeliveryError, FetchpopError, LocalProtocolError, LockedError
+from fetchpop.paths import make_private_dirs as make_dirs
 
 _QUOTE = re.compile(rb"^(>*From )", re.MULTILINE)
 _UNQUOTE = re.compile(rb"^>(>*From )", re.MULTILINE)
