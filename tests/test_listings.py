@@ -140,3 +140,19 @@ def test_capa_names_are_upper_case_and_keep_their_arguments() -> None:
         "IMPLEMENTATION": ["x", "y"],
     }
     assert parse_capa([]) == {}
+
+
+@pytest.mark.parametrize("size", [b"1099511627777", b"9" * 14, b"1" * 4000])
+def test_an_absurd_size_is_a_protocol_error(size: bytes) -> None:
+    """LIST's size bounds the RETR: a 4,000-digit one would let a server fill the disk."""
+    with pytest.raises(ProtocolError, match="absurd size"):
+        parse_list([b"1 10", b"2 " + size])
+
+
+def test_a_terabyte_is_still_a_size() -> None:
+    assert parse_list([b"1 1099511627776"]) == {1: 2**40}
+
+
+def test_capa_is_sanitised_once_at_parse_time() -> None:
+    caps = parse_capa([b"SASL X\x1b]0;PWNED\x07 \x1b[2J\x1b[31mEVIL", b"IMPLEMENTATION \x9b1m"])
+    assert caps == {"SASL": ["X?]0;PWNED?", "?[2J?[31mEVIL"], "IMPLEMENTATION": ["\ufffd1m"]}

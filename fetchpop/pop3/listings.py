@@ -20,16 +20,27 @@ from fetchpop.errors import ProtocolError, sanitize
 
 #: Message numbers beyond this are a hostile listing, not a maildrop.
 MAX_MESSAGE_NUMBER = 2**31 - 1
+#: A message size beyond this (a terabyte) is a hostile listing: the RETR
+#: bound derives from it, and a server could fill the disk.
+MAX_OCTETS = 2**40
 
 #: CAPA as a mapping: capability name (upper case) -> its arguments.
 Capabilities = dict[str, list[str]]
 
 
+_OCTET_DIGITS = len(str(MAX_OCTETS))
+
+
 def parse_capa(lines: list[bytes]) -> Capabilities:
-    """CAPA's lines as name -> arguments (RFC 2449 section 5); names upper-cased."""
+    """CAPA's lines as name -> arguments (RFC 2449 section 5); names upper-cased.
+
+    Sanitised here, once: capabilities reach error lines (``it offers: ...``),
+    ``serverinfo`` and the seen-store, and a hostile server's terminal
+    escapes must reach none of them.
+    """
     caps: Capabilities = {}
     for line in lines:
-        words = line.decode("ascii", "replace").split()
+        words = sanitize(line, limit=len(line)).split()
         if words:
             caps[words[0].upper()] = words[1:]
     return caps
@@ -125,9 +136,12 @@ def _sizes_fast(lines: list[bytes]) -> dict[int, int] | None:
     if words is None:
         return None
     numbers, sizes = _message_numbers(words[0::2]), words[1::2]
-    if numbers is None or not _digits(sizes):
+    if numbers is None or not _digits(sizes) or max(map(len, sizes)) > _OCTET_DIGITS:
         return None
-    return dict(zip(numbers, map(int, sizes), strict=True))
+    octets = list(map(int, sizes))
+    if max(octets) > MAX_OCTETS:
+        return None
+    return dict(zip(numbers, octets, strict=True))
 
 
 def _sizes_by_line(lines: list[bytes]) -> dict[int, int]:
@@ -136,5 +150,8 @@ def _sizes_by_line(lines: list[bytes]) -> dict[int, int]:
         parts = line.split()
         if len(parts) < 2 or not parts[0].isdigit() or not parts[1].isdigit():
             raise ProtocolError("malformed LIST line: " + sanitize(line, 80))
-        sizes[_message_number(parts[0], line, "LIST")] = int(parts[1])
+        octets = int(parts[1]) if len(parts[1]) <= _OCTET_DIGITS else MAX_OCTETS + 1
+        if octets > MAX_OCTETS:
+            raise ProtocolError("LIST gives an absurd size: " + sanitize(line, 80))
+        sizes[_message_number(parts[0], line, "LIST")] = octets
     return sizes
