@@ -18,7 +18,7 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 from fetchpop.config import Account
-from fetchpop.errors import AuthError, UnavailableError, sanitize
+from fetchpop.errors import AuthError, ConfigError, UnavailableError, sanitize
 
 if TYPE_CHECKING:
     import subprocess
@@ -43,16 +43,20 @@ def get_password(
 ) -> str:
     """The account's password, from the first source that has one.
 
-    Raises AuthError when the password command fails or no source has a password.
+    Raises AuthError when the password command fails or no source has a
+    password, ConfigError when the password holds a control character (CR or
+    LF would end the PASS command early and start another: the class of
+    CVE-2025-15367 in Python's poplib).
     """
     if account.password_argv is not None:
-        return _from_command(account.password_argv, account.timeout, run)
+        from_command = _from_command(account.password_argv, account.timeout, run)
+        return _checked(from_command, account, "password_command")
     if account.password is not None:
-        return account.password
+        return _checked(account.password, account, "password")
     who = keyring_username(account)
     secret, keyring_problem = _from_keyring(who)
     if secret:
-        return secret
+        return _checked(secret, account, "the system keyring")
     if prompt is not None:
         try:
             secret = prompt(f"Password for {who}: ")
@@ -60,7 +64,7 @@ def get_password(
             secret = ""
         if not secret:
             raise AuthError(f"no password entered for {who}")
-        return secret
+        return _checked(secret, account, "the prompt")
     message = (
         f"no password available for {who}: set password_command, store one with "
         f"`fetchpop password set {account.name}`, or run on a terminal"
@@ -68,6 +72,16 @@ def get_password(
     if keyring_problem:
         message += f" (the system keyring could not be used: {keyring_problem})"
     raise AuthError(message)
+
+
+def _checked(secret: str, account: Account, source: str) -> str:
+    """*secret*, if no control character is in it (the secret itself never shown)."""
+    if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in secret):
+        raise ConfigError(
+            f'account "{account.name}": the password from {source} contains a control '
+            "character; refusing to send it"
+        )
+    return secret
 
 
 def _from_command(argv: tuple[str, ...], timeout: float, run: Runner | None) -> str:

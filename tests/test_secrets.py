@@ -124,6 +124,32 @@ def test_command_output_forms(tmp_path: Path, script: str, secret: str) -> None:
     assert get_password(command_account(tmp_path, script), prompt=None) == secret
 
 
+@pytest.mark.parametrize(
+    "script", ["printf 'a\\rDELE 1'", "printf 'a\\000b'", "printf 'a\\033[2J'"]
+)
+def test_a_password_with_a_control_character_is_refused_before_it_is_sent(
+    tmp_path: Path, script: str
+) -> None:
+    """CR would end PASS early and start another command (the class of
+    CVE-2025-15367 in Python's poplib): refused, naming where it came from."""
+    from fetchpop.errors import ConfigError
+
+    with pytest.raises(ConfigError) as info:
+        get_password(command_account(tmp_path, script), prompt=None)
+    assert str(info.value) == (
+        'account "home": the password from password_command contains a control '
+        "character; refusing to send it"
+    )
+    assert info.value.exit_code == ExitCode.CONFIG
+
+
+def test_a_prompted_password_with_a_control_character_is_refused(tmp_path: Path) -> None:
+    from fetchpop.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="password from the prompt contains a control"):
+        get_password(make_account(tmp_path), prompt=lambda _: "x\ny")
+
+
 def test_command_without_shell(tmp_path: Path) -> None:
     account = make_account(tmp_path, "password_command = \"printf '%s' 'a;b' '$HOME'\"\n")
     assert get_password(account) == "a;b$HOME"

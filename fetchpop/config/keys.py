@@ -201,8 +201,9 @@ def _password(value: object, _env: Mapping[str, str]) -> str:
     text: str = _expect(value, str, "a string", secret=True)
     if not text:
         raise ValueError("must not be empty")
-    if any(ch in text for ch in "\r\n\0"):
-        raise ValueError("must not contain line breaks or NUL characters")
+    # CR or LF would end the PASS command early (RFC 1939 section 3).
+    if _has_control(text):
+        raise ValueError("must not contain control characters")
     return text
 
 
