@@ -349,7 +349,7 @@ def test_parse_size_rejects(text: str) -> None:
         ('password_command = ["pass", "show"]', 'key "password_command": expected a string, '
          "got an array"),
         ('password = ""', 'key "password": must not be empty'),
-        ('password = "a\\nb"', 'key "password": must not contain line breaks'),
+        ('password = "a\\nb"', 'key "password": must not contain control characters'),
         ('deliver = "carrier-pigeon:home"', 'key "deliver": '),
         ("deliver = 1", 'key "deliver": expected a string, got 1'),
         ('keep = "yes"', 'key "keep": expected a boolean, got "yes"'),
