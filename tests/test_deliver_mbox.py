@@ -360,6 +360,27 @@ def test_stale_dot_lock_is_removed(mbox: MboxTarget) -> None:
     assert lock.read_bytes() == b"%d\n" % os.getpid()
 
 
+@pytest.mark.timeout(20)
+def test_a_fifo_as_the_dot_lock_cannot_hang_delivery(mbox: MboxTarget) -> None:
+    """`mkfifo spool/alice.lock` made the stale-lock check's open() block for ever."""
+    lock = Path(f"{mbox.path}.lock")
+    os.mkfifo(lock)
+    started = time.monotonic()
+    with pytest.raises(DeliveryError, match="is not a regular file"):
+        deliver(mbox, [b"x\n"])
+    assert time.monotonic() - started < 5
+    assert stat.S_ISFIFO(os.lstat(lock).st_mode)  # left as it was
+
+
+def test_a_symlink_as_the_dot_lock_is_refused(mbox: MboxTarget, tmp_path: Path) -> None:
+    target = tmp_path / "elsewhere"
+    target.write_bytes(b"1\n")
+    Path(f"{mbox.path}.lock").symlink_to(target)
+    with pytest.raises(DeliveryError, match="is a symbolic link"):
+        deliver(mbox, [b"x\n"])
+    assert target.read_bytes() == b"1\n"
+
+
 def test_a_directory_is_not_an_mbox(tmp_path: Path) -> None:
     (tmp_path / "mbox").mkdir()
     target = open_target(parse_deliver(f"mbox:{tmp_path}/mbox"))

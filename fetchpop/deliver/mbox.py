@@ -445,11 +445,28 @@ class MboxTarget:
         """As liblockfile: the dot-lock of a process that is gone, or one untouched for 5 minutes.
 
         A killed run (SIGKILL, a crash) cannot remove its dot-lock; the pid in
-        it tells. Without a readable pid only the age counts.
+        it tells. Without a readable pid only the age counts. It is opened
+        without blocking and without following a link: a FIFO put there would
+        hang a plain open() for ever. Anything but a regular file is refused.
         """
-        with open(self.lock_path, "rb") as file:
-            content = file.read(32)
-            age = time.time() - os.fstat(file.fileno()).st_mtime
+        flags = os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NOCTTY
+        try:
+            fd = os.open(self.lock_path, flags)
+        except OSError as exc:
+            if exc.errno != errno.ELOOP:
+                raise
+            message = f"lock file {self.lock_path} is a symbolic link; refusing it"
+            raise DeliveryError(message) from None
+        try:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
+                raise DeliveryError(
+                    f"lock file {self.lock_path} is not a regular file; refusing to go on"
+                )
+            content = os.read(fd, 32)
+            age = time.time() - info.st_mtime
+        finally:
+            os.close(fd)
         if age >= _STALE_LOCK_AGE:
             return True
         text = content.strip()
