@@ -396,3 +396,45 @@ def test_read_only_directory_is_a_delivery_error(tmp_path: Path) -> None:
     out = deliver_read_only(tmp_path / "ro", f"mbox:{tmp_path}/ro/mbox")
     expected = f"DeliveryError 73 cannot open mbox {tmp_path}/ro/mbox: {READ_ONLY}\\n"
     assert re.fullmatch(expected, out), out
+
+
+def test_a_symlink_planted_in_a_shared_spool_is_refused(tmp_path: Path) -> None:
+    """spool/alice -> ~alice/.ssh/authorized_keys, planted by another member of
+    the spool's group: the attacker's message must not land in that file."""
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    spool.chmod(0o2775)  # /var/mail: root:mail, group-writable
+    keys = tmp_path / "authorized_keys"
+    keys.write_bytes(b"ssh-ed25519 AAAA alice\n")
+    (spool / "alice").symlink_to(keys)
+    target = MboxTarget(spool / "alice", lock_timeout=0.5)
+    try:
+        with pytest.raises(DeliveryError, match="a symbolic link in a directory others can write"):
+            deliver(target, [b"ssh-ed25519 EVIL attacker\n"])
+    finally:
+        target.close()
+    assert keys.read_bytes() == b"ssh-ed25519 AAAA alice\n"
+
+
+def test_a_symlink_in_a_private_directory_is_followed(tmp_path: Path) -> None:
+    real = tmp_path / "real.mbox"
+    (tmp_path / "link.mbox").symlink_to(real)
+    target = MboxTarget(tmp_path / "link.mbox", lock_timeout=0.5)
+    try:
+        deliver(target, [b"Subject: x\n\nbody\n"])
+    finally:
+        target.close()
+    assert b"body" in real.read_bytes()
+
+
+def test_an_mbox_with_a_second_hard_link_is_refused(tmp_path: Path) -> None:
+    mbox = tmp_path / "mbox"
+    mbox.write_bytes(b"")
+    os.link(mbox, tmp_path / "elsewhere")
+    target = MboxTarget(mbox, lock_timeout=0.5)
+    try:
+        with pytest.raises(DeliveryError, match="it has 2 hard links; refusing it"):
+            deliver(target, [b"x\n"])
+    finally:
+        target.close()
+    assert mbox.read_bytes() == b""

@@ -232,6 +232,18 @@ class MboxDelivery:
         raise error from exc
 
 
+def _unsafe(info: os.stat_result) -> str | None:
+    """Why an opened mbox must not be written to, or None."""
+    if not stat.S_ISREG(info.st_mode):
+        return "not a regular file"
+    euid = os.geteuid()
+    if euid != 0 and info.st_uid != euid:
+        return f"owned by uid {info.st_uid}, not by you"
+    if info.st_nlink > 1:
+        return f"it has {info.st_nlink} hard links"
+    return None
+
+
 class MboxTarget:
     """An mbox file (created with mode 0600, parents 0700, when missing)."""
 
@@ -383,20 +395,46 @@ class MboxTarget:
             delay = min(delay * 2, 0.5)
 
     def _open(self) -> int:
-        flags = os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
+        """The mbox, opened to append, if it is safe to write to.
+
+        As procmail and dovecot-lda refuse them: a symbolic link in a
+        directory others can write (in a shared spool another member of the
+        group could point ``spool/alice`` at ``~alice/.ssh/authorized_keys``),
+        anything but a regular file, a file owned by someone else (unless
+        fetchpop runs as root, delivering for others), or one with more than
+        one hard link.
+        """
+        self._check_link()
+        flags = os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY
         try:
             fd = os.open(self.path, flags, 0o600)
         except OSError as exc:
             raise os_error(exc, f"cannot open mbox {self.path}") from exc
         try:
-            regular = stat.S_ISREG(os.fstat(fd).st_mode)
+            info = os.fstat(fd)
+            problem = _unsafe(info)
+            if problem is None:
+                os.set_blocking(fd, True)
         except OSError as exc:
             os.close(fd)
             raise self.error(exc) from exc
-        if not regular:
+        if problem is not None:
             os.close(fd)
-            raise DeliveryError(f"cannot write to mbox {self.path}: not a regular file")
+            raise DeliveryError(f"cannot write to mbox {self.path}: {problem}; refusing it")
         return fd
+
+    def _check_link(self) -> None:
+        try:
+            if not self.path.is_symlink():
+                return
+            directory = os.stat(self.path.parent)
+        except OSError as exc:
+            raise self.error(exc) from exc
+        if directory.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+            raise DeliveryError(
+                f"cannot write to mbox {self.path}: a symbolic link in a directory others "
+                "can write to; refusing it"
+            )
 
     def _try_lock(self, fd: int) -> bool:
         try:
