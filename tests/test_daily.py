@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -270,3 +271,27 @@ def test_an_mda_that_hangs_is_bounded_by_mda_timeout(
     assert dc.count(mailbox.user) == 1 and home.seen_uidls() == set()
     again = home.run("-q", "sync")  # the MDA's fault: it counts against no message
     assert again.code == 73 and "skipped" not in again.stderr, again
+
+
+def test_a_closed_stdout_ends_quietly(home: Home) -> None:
+    """`fetchpop accounts | head -1`: no "internal error (BrokenPipeError)"."""
+    home.write_config(
+        "".join(
+            f'[accounts.a{n}]\nhost = "pop{n}.example.org"\nuser = "u"\n'
+            f'deliver = "maildir:/tmp/fetchpop-never-{n}"\n'
+            for n in range(400)
+        )
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fetchpop", "accounts"],
+        env=home.env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.readline()
+    proc.stdout.close()  # as head -1 does
+    stderr = proc.stderr.read()
+    proc.stderr.close()
+    assert proc.wait(timeout=60) == 141
+    assert stderr == b""

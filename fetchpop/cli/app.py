@@ -19,6 +19,9 @@ from fetchpop import __version__
 from fetchpop.cli.env import Environment
 from fetchpop.errors import ExitCode, FetchpopError, sanitize
 
+#: The status of a run whose standard output was closed by its reader.
+EXIT_BROKEN_PIPE = 141
+
 #: ``--json``, as every command that has it declares it.
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")
 
@@ -66,6 +69,14 @@ def guard(env: Environment, func: Callable[[], int]) -> NoReturn:
     """Run a command and exit with its status, or with the failure's."""
     try:
         code = func()
+    except BrokenPipeError:
+        # `fetchpop accounts | head -1`: the reader is gone. End quietly, as
+        # a Unix tool killed by SIGPIPE does (128 + 13), and let nothing more
+        # be written to the closed pipe at exit.
+        with contextlib.suppress(OSError):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        sys.exit(EXIT_BROKEN_PIPE)
     except (Exception, KeyboardInterrupt) as exc:
         code, lines = failure(exc)
         for line in lines:
