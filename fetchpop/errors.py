@@ -26,6 +26,7 @@ class ExitCode(enum.IntEnum):
     NOPERM = 77
     CONFIG = 78
     INTERRUPTED = 130
+    BROKEN_PIPE = 141  # 128 + SIGPIPE: the reader of standard output went away
     TERMINATED = 143
 
 

@@ -19,9 +19,6 @@ from fetchpop import __version__
 from fetchpop.cli.env import Environment
 from fetchpop.errors import ExitCode, FetchpopError, sanitize
 
-#: The status of a run whose standard output was closed by its reader.
-EXIT_BROKEN_PIPE = 141
-
 #: ``--json``, as every command that has it declares it.
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")
 
@@ -76,7 +73,7 @@ def guard(env: Environment, func: Callable[[], int]) -> NoReturn:
         with contextlib.suppress(OSError):
             devnull = os.open(os.devnull, os.O_WRONLY)
             os.dup2(devnull, sys.stdout.fileno())
-        sys.exit(EXIT_BROKEN_PIPE)
+        sys.exit(ExitCode.BROKEN_PIPE)
     except (Exception, KeyboardInterrupt) as exc:
         code, lines = failure(exc)
         for line in lines:
