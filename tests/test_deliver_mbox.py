@@ -438,3 +438,24 @@ def test_an_mbox_with_a_second_hard_link_is_refused(tmp_path: Path) -> None:
     finally:
         target.close()
     assert mbox.read_bytes() == b""
+
+
+def test_the_dot_lock_is_never_empty_and_leaves_no_litter(mbox: MboxTarget) -> None:
+    """Made whole under a name of our own and linked into place: a run killed
+    between create and write can no longer leave an empty FILE.lock (which
+    only its age, 5 minutes, could tell stale)."""
+    parent = mbox.path.parent
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, check=True
+    ).stdout.strip()
+    litter = parent / f"{mbox.path.name}.lock.fetchpop-{dead.decode()}"
+    litter.write_bytes(dead + b"\n")  # a dead run's, killed between link and unlink
+    delivery = mbox.begin("uidl-1")
+    lock = Path(f"{mbox.path}.lock")
+    assert lock.read_bytes() == b"%d\n" % os.getpid()
+    assert os.stat(lock).st_nlink == 1
+    delivery.write(b"x\n")
+    delivery.finish()
+    mbox.flush()
+    names = sorted(p.name for p in parent.iterdir())
+    assert not litter.exists() and not any(".fetchpop-" in n for n in names), names

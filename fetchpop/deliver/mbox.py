@@ -19,6 +19,7 @@ truncated back to it, so a reader never sees half a message.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import os
@@ -230,6 +231,16 @@ class MboxDelivery:
         error = self._target.error(exc)
         self.abort()
         raise error from exc
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _unsafe(info: os.stat_result) -> str | None:
@@ -449,24 +460,47 @@ class MboxTarget:
         return False
 
     def _dotlock(self) -> bool:
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
-        for _attempt in range(3):
-            try:
-                fd = os.open(self.lock_path, flags, 0o644)
-            except FileExistsError:
-                if self._remove_stale_dotlock():
-                    continue
-                return False
-            except OSError as exc:
-                raise os_error(exc, f"cannot create lock file {self.lock_path}") from exc
+        """Take the dot-lock: made whole under a name of our own, with our pid
+        in it, then linked to ``FILE.lock`` (as liblockfile does), so that a
+        run killed at any instruction never leaves an empty dot-lock, which
+        only its age could tell stale (5 minutes of "mbox is locked")."""
+        mine = f"{self.lock_path}.fetchpop-{os.getpid()}"
+        self._remove_dead_runs_files()
+        try:
+            fd = os.open(mine, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
             try:
                 os.write(fd, b"%d\n" % os.getpid())
             finally:
                 os.close(fd)
-            self._dotlocked = True
-            self._touched = time.monotonic()
-            return True
-        return False
+        except OSError as exc:
+            raise os_error(exc, f"cannot create lock file {self.lock_path}") from exc
+        try:
+            for _attempt in range(3):
+                try:
+                    os.link(mine, self.lock_path)
+                except FileExistsError:
+                    if self._remove_stale_dotlock():
+                        continue
+                    return False
+                except OSError as exc:
+                    raise os_error(exc, f"cannot create lock file {self.lock_path}") from exc
+                self._dotlocked = True
+                self._touched = time.monotonic()
+                return True
+            return False
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(mine)
+
+    def _remove_dead_runs_files(self) -> None:
+        """A run killed between its link and its unlink leaves its own name behind."""
+        prefix = f"{self.lock_path.name}.fetchpop-"
+        with contextlib.suppress(OSError), os.scandir(self.lock_path.parent) as entries:
+            for entry in entries:
+                pid = entry.name[len(prefix) :]
+                if entry.name.startswith(prefix) and pid.isdigit() and not _alive(int(pid)):
+                    with contextlib.suppress(OSError):
+                        os.unlink(entry.path)
 
     def _remove_stale_dotlock(self) -> bool:
         try:
@@ -513,13 +547,7 @@ class MboxTarget:
         pid = int(text)
         if pid == os.getpid():
             return True  # we hold no dot-lock here: a dead namesake's
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return True
-        except PermissionError:
-            return False  # alive, someone else's
-        return False
+        return not _alive(pid)
 
     def _same_file(self, fd: int) -> bool:
         try:
