@@ -112,22 +112,6 @@ def test_wrong_password_refused_after_a_delay_then_closed(
     assert reply == b"+OK\r\n+OK\r\n-ERR Authentication failed (bad password?)\r\n"
 
 
-def test_pass_waits_1s_after_a_change_in_the_same_second(
-    server: Popa3d, account: tuple[str, str]
-) -> None:
-    user, _ = account
-    while time.time() % 1 > 0.5:  # append and log in within one second
-        time.sleep(0.05)
-    server.append_spool(user, mbox_entry(b"Subject: x\n\nbody\n"), backdate=False)
-    started = time.monotonic()
-    assert server.count(user) == 1
-    assert 0.9 < time.monotonic() - started < 3
-    server.add_message(user, b"Subject: y\n\nbody\n")  # backdated by the fixture's server
-    started = time.monotonic()
-    assert server.count(user) == 2
-    assert time.monotonic() - started < 0.5
-
-
 def test_add_message_raw_messages_count(server: Popa3d, account: tuple[str, str]) -> None:
     user, password = account
     assert not server.spool(user).exists()
