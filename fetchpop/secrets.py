@@ -18,6 +18,7 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 from fetchpop.config import Account
+from fetchpop.config.keys import has_control
 from fetchpop.errors import AuthError, ConfigError, UnavailableError, sanitize
 
 if TYPE_CHECKING:
@@ -76,7 +77,7 @@ def get_password(
 
 def _checked(secret: str, account: Account, source: str) -> str:
     """*secret*, if no control character is in it (the secret itself never shown)."""
-    if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in secret):
+    if has_control(secret):
         raise ConfigError(
             f'account "{account.name}": the password from {source} contains a control '
             "character; refusing to send it"

@@ -107,7 +107,8 @@ def suggest(word: str, choices: Sequence[str]) -> str:
     return f" (did you mean {quote(close[0])}?)" if close else ""
 
 
-def _has_control(text: str) -> bool:
+def has_control(text: str) -> bool:
+    """Whether *text* holds a C0 control character or DEL."""
     return any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in text)
 
 
@@ -119,19 +120,24 @@ def _word(value: object, _env: Mapping[str, str]) -> str:
     text: str = _expect(value, str, "a string")
     if not text:
         raise ValueError("must not be empty")
-    if any(ch.isspace() for ch in text) or _has_control(text):
+    if any(ch.isspace() for ch in text) or has_control(text):
         raise ValueError(f"must not contain spaces or control characters, got {describe(text)}")
     return text
 
 
-def _user(value: object, _env: Mapping[str, str]) -> str:
-    text: str = _expect(value, str, "a string")
+def _argument(value: object, *, secret: bool = False) -> str:
+    """A non-empty command argument without control characters: CR or LF
+    would end the USER or PASS command early (RFC 1939 section 3)."""
+    text: str = _expect(value, str, "a string", secret=secret)
     if not text:
         raise ValueError("must not be empty")
-    # CR or LF would end the USER command early (RFC 1939 section 3).
-    if _has_control(text):
+    if has_control(text):
         raise ValueError("must not contain control characters")
     return text
+
+
+def _user(value: object, _env: Mapping[str, str]) -> str:
+    return _argument(value)
 
 
 def _port(value: object, _env: Mapping[str, str]) -> int:
@@ -198,19 +204,13 @@ def _command(value: object, _env: Mapping[str, str]) -> str:
 
 
 def _password(value: object, _env: Mapping[str, str]) -> str:
-    text: str = _expect(value, str, "a string", secret=True)
-    if not text:
-        raise ValueError("must not be empty")
-    # CR or LF would end the PASS command early (RFC 1939 section 3).
-    if _has_control(text):
-        raise ValueError("must not contain control characters")
-    return text
+    return _argument(value, secret=True)
 
 
 def _https_url(value: object, _env: Mapping[str, str]) -> str:
     text: str = _expect(value, str, "a string")
     hint = f"expected an https:// URL, got {describe(text)}"
-    if any(ch.isspace() for ch in text) or _has_control(text):
+    if any(ch.isspace() for ch in text) or has_control(text):
         raise ValueError(hint)
     import urllib.parse  # (lazily: only OAuth settings need it)
 

@@ -97,17 +97,18 @@ class Refusal:
     """A command the server answered with ``-ERR``: ``code`` is its RFC 2449
     response code ("SYS/TEMP"), if any, and ``text`` the reply's text as sent."""
 
-    __slots__ = ("_hide", "code", "text")
+    __slots__ = ("_hide", "_reply", "code", "text")
 
     def __init__(self, reply: Reply, hide: Callable[[str], str]) -> None:
         self.code = reply.code
         self.text = reply.text
+        self._reply = reply
         self._hide = hide
 
     @property
     def words(self) -> str:
         """``-ERR [CODE] text`` as a user may see it: sanitised, secrets hidden."""
-        return self._hide(describe(Reply("", False, self.text, self.code)))
+        return self._hide(describe(self._reply))
 
 
 def describe(reply: Reply) -> str:
@@ -252,9 +253,12 @@ class Client:
         return Refusal(reply, self._hide)
 
     def _reply(self) -> Reply:
-        event = self._event()
+        return self._as_reply(self._event())
+
+    def _as_reply(self, event: Event, what: str = "from server") -> Reply:
+        """*event*, which must be a single-line reply, logged."""
         if not isinstance(event, Reply):
-            raise ProtocolError(f"unexpected {type(event).__name__} from server")
+            raise ProtocolError(f"unexpected {type(event).__name__} {what}")
         if self._logging:
             self._log("S: " + describe(event))
         return event
@@ -339,10 +343,7 @@ class Client:
             self._utf8_arrived(self._event())
 
     def _utf8_arrived(self, event: Event) -> None:
-        if not isinstance(event, Reply):
-            raise ProtocolError(f"unexpected {type(event).__name__} in reply to UTF8")
-        if self._logging:
-            self._log("S: " + describe(event))
+        self._as_reply(event, "in reply to UTF8")
 
     def stls(self, context: ssl.SSLContext, pinned: str | None = None) -> None:
         """Upgrade with STLS (RFC 2595 section 4). Never falls back to clear text."""
