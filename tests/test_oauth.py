@@ -22,6 +22,8 @@ from __future__ import annotations
 import base64
 import json
 import os
+import signal
+import socket
 import ssl
 import stat
 import sys
@@ -66,6 +68,7 @@ from fetchpop.oauth import (
     parse_record,
     provider_for,
 )
+from fetchpop.oauth.browser import MAX_CONNECTIONS, MAX_HEAD
 
 CLIENT_ID = "fetchpop-test"
 CLIENT_SECRET = "s3cret-client"
@@ -281,18 +284,120 @@ def test_login_by_code_ignores_a_redirect_with_the_wrong_state(
 
 
 def test_login_by_code_declined(ca: trustme.CA, ca_file: Path) -> None:
+    """A refusal is shown and waited past (anyone who read the URL can send one);
+    at the timeout the provider's refusal is the error."""
     browser = Browser(ca)
+    shown: list[str] = []
     with serving(ca, deny=True) as server, pytest.raises(OAuthError) as info:
         login_code(
             provider_of(server),
             http=http(ca_file),
             show_url=lambda url: None,
             open_browser=browser,
-            timeout=20,
+            show_error=shown.append,
+            timeout=2,
         )
     assert str(info.value) == "OAuth2 sign-in failed (access_denied: The user declined.)"
     assert info.value.exit_code == ExitCode.NOPERM
+    assert shown == [
+        "OAuth2 sign-in failed (access_denied: The user declined.);"
+        " still waiting for a sign-in (Ctrl-C to stop)"
+    ]
+    assert browser.errors == []
+    ((status, _, page),) = browser.visits
+    assert status == 200
+    assert "fetchpop keeps waiting: open its sign-in link again, or stop it with Ctrl-C." in page
     assert server.answers(TOKEN_PATH) == []
+
+
+def redirect_uri_of(url: str) -> str:
+    return dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(url).query))["redirect_uri"]
+
+
+def state_of(url: str) -> str:
+    return dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(url).query))["state"]
+
+
+def test_login_by_code_survives_a_forged_refusal_and_a_made_up_code(
+    ca: trustme.CA, ca_file: Path
+) -> None:
+    """Another local user reads the URL, state included, in /proc: a redirect
+    with that state and an error, or with a made-up code, does not end the sign-in."""
+    browser = Browser(ca)
+    forged: list[tuple[int, str, str]] = []
+    shown: list[str] = []
+
+    def attacker_then_user(url: str) -> None:
+        base, state = redirect_uri_of(url), state_of(url)
+        forged.append(browser.get(f"{base}?error=access_denied&state={state}"))
+        forged.append(browser.get(f"{base}?code=evil&state={state}"))
+        forged.append(browser.get(f"{base}favicon.ico?code=evil&state={state}"))
+        browser(url)
+
+    with serving(ca) as server:
+        tokens = login_code(
+            provider_of(server),
+            http=http(ca_file),
+            show_url=lambda url: None,
+            open_browser=attacker_then_user,
+            show_error=shown.append,
+            timeout=20,
+        )
+    assert [status for status, _, _ in forged] == [200, 400, 404]
+    assert "keeps waiting" in forged[0][2] and "keeps waiting" in forged[1][2]
+    assert shown == [
+        "OAuth2 sign-in failed (access_denied: the sign-in was declined);"
+        " still waiting for a sign-in (Ctrl-C to stop)",
+        "OAuth2 sign-in failed (invalid_grant: unknown or expired code);"
+        " still waiting for a sign-in (Ctrl-C to stop)",
+    ]
+    assert browser.errors == []
+    assert browser.visits[0][0] == 200 and "Signed in" in browser.visits[0][2]
+    assert server.answers(TOKEN_PATH) == ["invalid_grant", "ok"]
+    assert tokens.access_token == server.current_access_token
+
+
+def test_login_by_code_is_not_stalled_by_idle_or_oversized_connections(
+    ca: trustme.CA, ca_file: Path
+) -> None:
+    """Idle connections (more than are read at once), one that trickles and one
+    with an oversized head, all open before the browser comes back: the sign-in
+    still ends (each connection is read in a thread of its own, for a few
+    seconds, and a new one pushes out the oldest)."""
+    browser = Browser(ca)
+    idle: list[socket.socket] = []
+    oversized: list[bytes] = []
+
+    def attacker_then_user(url: str) -> None:
+        port = urllib.parse.urlsplit(redirect_uri_of(url)).port
+        assert port is not None
+        for _ in range(MAX_CONNECTIONS + 4):
+            idle.append(socket.create_connection(("127.0.0.1", port)))
+        idle[0].sendall(b"GET /?state=")  # trickles, then goes quiet
+        big = socket.create_connection(("127.0.0.1", port), timeout=10)
+        idle.append(big)
+        big.sendall(b"GET /?" + b"x" * (MAX_HEAD + 10))
+        oversized.append(big.recv(200))
+        browser(url)
+
+    try:
+        with serving(ca) as server:
+            tokens = login_code(
+                provider_of(server),
+                http=http(ca_file),
+                show_url=lambda url: None,
+                open_browser=attacker_then_user,
+                timeout=20,
+            )
+    finally:
+        for conn in idle:
+            conn.close()
+    assert oversized == [
+        b"HTTP/1.0 431 Request Header Fields Too Large\r\n"
+        b"Content-Length: 0\r\nConnection: close\r\n\r\n"
+    ]
+    assert browser.errors == [] and browser.visits[0][0] == 200
+    assert tokens.access_token == server.current_access_token
 
 
 def test_login_by_code_times_out(ca: trustme.CA, ca_file: Path) -> None:
@@ -843,10 +948,15 @@ class OAuthHome:
     def delivered(self) -> list[bytes]:
         return sorted(p.read_bytes() for p in self.mda_out.glob("*.eml"))
 
-    def browser_visits(self) -> list[dict[str, Any]]:
-        if not self.browser_log.exists():
-            return []
-        return [json.loads(line) for line in self.browser_log.read_text().splitlines()]
+    def browser_visits(self, wait_for: int = 0) -> list[dict[str, Any]]:
+        """The visits logged, after waiting (up to 30 s) for *wait_for* of them."""
+        deadline = time.monotonic() + 30
+        while True:
+            text = self.browser_log.read_text() if self.browser_log.exists() else ""
+            lines = [line for line in text.splitlines() if line.endswith("}")]
+            if len(lines) >= wait_for or time.monotonic() > deadline:
+                return [json.loads(line) for line in lines]
+            time.sleep(0.05)
 
 
 @pytest.fixture
@@ -913,7 +1023,8 @@ def test_cli_login_by_code_then_sync_refreshing_before_expiry(
         assert result.code == 0, result
         assert "sign in acct" in result.stderr and server.auth_url + "?" in result.stderr
         assert "acct: signed in; the refresh token is in the system keyring" in result.stderr
-        assert [v["status"] for v in user.browser_visits()] == [200]
+        # The browser writes its log after fetchpop has answered it (and may have exited).
+        assert [v["status"] for v in user.browser_visits(wait_for=1)] == [200]
         assert "Signed in to fetchpop" in user.browser_visits()[0]["body"]
         assert server.grants() == ["authorization_code"]
         record = user.record()
@@ -966,11 +1077,23 @@ def test_cli_login_by_device_code(ca: trustme.CA, user: OAuthHome) -> None:
 
 
 def test_cli_login_declined(ca: trustme.CA, user: OAuthHome) -> None:
+    """The browser's page says fetchpop keeps waiting; Ctrl-C stops it (status 130)."""
     with serving(ca, deny=True) as server:
         user.write_config(server)
-        result = user.run("oauth", "login", "acct")
-    assert result.code == 77, result
-    assert "fetchpop: OAuth2 sign-in failed (access_denied: The user declined.)" in result.stderr
+        proc = user.home.popen("oauth", "login", "acct", env=user.env())
+        try:
+            user.browser_visits(wait_for=1)
+            proc.send_signal(signal.SIGINT)
+            _, stderr = proc.communicate(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    (visit,) = user.browser_visits()
+    assert visit["status"] == 200 and "fetchpop keeps waiting" in visit["body"], visit
+    assert proc.returncode == 130, stderr
+    assert "fetchpop: interrupted" in stderr
+    assert server.answers(TOKEN_PATH) == []
     assert user.keyring() == {}
 
 
