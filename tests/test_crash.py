@@ -128,11 +128,12 @@ def _delivered_unrecorded(kind: str, dest: Path, intents: dict[int, str], new: s
     if not new:
         return 0
     data = dest.read_bytes() if dest.exists() else b""
-    last = max(intents)
-    # A message was finished before the next one was begun; the last one is
-    # complete when the file ends a message after its offset.
-    done = len(data) > int(intents[last]) and data.endswith(b"\n\n")
-    return sum(1 for i in new if i != last or done)
+    # A batch's intents name the offset it starts at ("OFFSET lock=..."), and
+    # its messages follow each other from there; the last one is complete
+    # when the file ends a message.
+    tail = data[min(int(intents[i].split()[0]) for i in new) :]
+    whole = len(split_mboxrd(tail)) - (0 if tail.endswith(b"\n\n") else 1)
+    return min(len(new), max(0, whole))
 
 
 def _alive(pid: int) -> bool:

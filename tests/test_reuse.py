@@ -172,3 +172,53 @@ def test_every_delivery_records_an_identity(home: Home, mail: Path, idents: None
     with serving(Mailbox(FIRST[:3], UIDLS[:3])) as server:
         configure(home, server, mail, keep=True)
         assert sync(home, server).code == 0
+
+
+MANY = [message(n) for n in range(1, 31)]
+MANY_UIDLS = [f"uid-{n}" for n in range(1, 31)]
+
+
+def test_uidls_handed_out_again_for_most_messages_stop_the_run(home: Home, mail: Path) -> None:
+    # The brake counts proven reuse: 30 records old enough to delete, and the
+    # server now serves 30 other messages under their UIDLs (an index rebuild
+    # on a server that numbers from 1, or a migration that kept the UIDLs).
+    with serving(Mailbox(MANY, MANY_UIDLS)) as server:
+        configure(home, server, mail, keep=True, delete_after_days=1)
+        assert sync(home, server).code == 0
+        backdate(home, 2)
+        retrs = server.commands_named("RETR")
+        others = [message(n, "other") for n in range(1, 31)]
+        server.mailbox = Mailbox(others, MANY_UIDLS)
+        result = sync(home, server)
+        assert result.code == 75, result
+        assert problems(result) == [
+            "fetchpop: home: 30 of the 30 messages delivered before and checked now are "
+            "other messages under the same UIDLs: the server may have reset its UIDLs and "
+            "handed them out again. Nothing was fetched or deleted; run `fetchpop sync "
+            "--accept-new-uidls home` to download them as new"
+        ]
+        assert server.commands_named("RETR") == retrs and server.commands_named("DELE") == []
+        assert len(maildir_messages(mail)) == 30
+        accepted = home.run("sync", "--accept-new-uidls")
+        assert accepted.code == 0, accepted
+        assert sorted(maildir_messages(mail)) == sorted(MANY + others)
+        assert len(server.mailbox.messages) == 30  # new now: not deleted
+
+
+def test_the_brake_works_with_keep_false(home: Home, mail: Path) -> None:
+    # keep = false: records live only until QUIT deletes their messages, so
+    # many records mean an interrupted run; if the server then lists only
+    # UIDLs never seen, it has renumbered, and the same mail would come twice.
+    quit_fails = Fault("QUIT", err(b"-ERR not now\r\n"), session=0)
+    with serving(Mailbox(MANY, MANY_UIDLS), [quit_fails]) as server:
+        configure(home, server, mail, keep=False)
+        sync(home, server)  # delivered and recorded, but QUIT deleted nothing
+        assert len(maildir_messages(mail)) == 30 and len(server.mailbox.messages) == 30
+        retrs, deles = server.commands_named("RETR"), server.commands_named("DELE")
+        server.mailbox = Mailbox(MANY, [f"new-{n}" for n in range(1, 31)])
+        result = sync(home, server)
+        assert result.code == 75, result
+        assert "the server may have reset its UIDLs. Nothing was fetched" in result.stderr
+        assert server.commands_named("RETR") == retrs
+        assert server.commands_named("DELE") == deles
+        assert len(maildir_messages(mail)) == 30

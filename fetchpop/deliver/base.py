@@ -38,9 +38,10 @@ class Target(Protocol):
     def reserve(self, count: int) -> list[str]:
         """Intents for the next *count* deliveries, chosen before anything is written.
 
-        The caller journals them together (one transaction for a batch) and
-        passes each to ``begin()``. An empty list means this target can only
-        choose an intent in ``begin()`` (an mbox needs the file's length then).
+        The caller journals them together (one durable transaction for a
+        batch) and passes each to ``begin()`` in order. An empty list means
+        this target leaves nothing an intent could name ahead (an MDA): the
+        caller journals one durably as each message begins.
         """
 
     def begin(self, uidl: str, intent: str | None = None) -> Delivery:
@@ -65,6 +66,11 @@ class Target(Protocol):
     def confirm(self, intent: str, message: Iterable[bytes]) -> bool:
         """After ``delivered()`` said ``None``: compare with the server's copy.
 
-        True when *message* is durably here; False when it is not (and any
-        partial copy has been removed), or the target cannot tell (an MDA).
+        True when *message* is durably here; False when it is not (and a
+        partial copy that is certainly its own has been removed), or the
+        target cannot tell (an MDA).
         """
+
+    def damaged(self) -> list[str]:
+        """After recovery: lines naming what it found and left alone (an mbox
+        region it could not account for), each said once."""

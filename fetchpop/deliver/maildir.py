@@ -277,6 +277,10 @@ class MaildirTarget:
         for delivery in [*self._active, *self._finished]:
             delivery.discard()
 
+    def damaged(self) -> list[str]:
+        """Recovery leaves nothing behind here to report."""
+        return []
+
     def confirm(self, intent: str, message: Iterable[bytes]) -> bool:
         """``delivered()`` always knows for a Maildir; this only agrees with it."""
         for _ in message:

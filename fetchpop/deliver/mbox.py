@@ -13,8 +13,16 @@ As liblockfile does, a dot-lock is stale (and removed) when the process whose
 pid it holds is gone -- a killed run leaves one behind -- or when it has not
 been touched for 5 minutes.
 
-The intent is the file's length before the message; on any failure the file is
-truncated back to it, so a reader never sees half a message.
+The intent, journalled durably for a whole batch before its first byte is
+written (``reserve``), is the file's length before the batch, with the dot-lock's
+inode and pid; on any failure a message is truncated back, so a reader never
+sees half a message. Crash recovery (``delivered``, ``confirm``, ``damaged``)
+walks the batch's messages from that offset in order, and removes bytes only
+when everything from there to the end of the file is the start of fetchpop's
+own copy of the message: mail another program appended after the crash is
+never cut out, and a damaged region is reported, not removed. A dot-lock the
+journal proves to be a dead run's own (its inode and pid recorded) is removed
+at once, even after a power cut, when the pid may belong to another process.
 """
 
 from __future__ import annotations
@@ -267,22 +275,40 @@ class MboxTarget:
         self._touched = 0.0
         self._active: MboxDelivery | None = None
         self._unflushed = False
+        self._lock_proof = ""  # "INODE:PID" of the dot-lock we hold, for the journal
+        # Crash recovery: dot-locks the journal proves a dead run's own, and
+        # per batch offset, how far its messages were found (see confirm).
+        self._own_locks: set[str] = set()
+        self._found: dict[int, int] = {}
+        # batch offset -> (where its next message was looked for, the furthest
+        # any of its messages matched there before a byte differed)
+        self._differs: dict[int, tuple[int, int]] = {}
 
     def error(self, exc: OSError) -> FetchpopError:
         """The fetchpop error for *exc* met while writing to this mbox."""
         return os_error(exc, f"cannot write to mbox {self.path}")
 
     def reserve(self, count: int) -> list[str]:
-        """Nothing ahead: the intent is the file's length when a message begins."""
-        return []
+        """Lock the file; the intent of each of the next *count* messages is
+        the file's length now (they follow each other from there, in order)
+        and the dot-lock's inode and pid (``OFFSET lock=INODE:PID``)."""
+        size = self._size(self._locked_fd())
+        intent = f"{size} lock={self._lock_proof}" if self._dotlocked else str(size)
+        return [intent] * count
+
+    def _size(self, fd: int) -> int:
+        try:
+            return os.fstat(fd).st_size
+        except OSError as exc:
+            raise self.error(exc) from exc
 
     def begin(self, uidl: str, intent: str | None = None) -> MboxDelivery:
-        """Lock the file (the first time), note its length as the intent."""
+        """Lock the file (the first time); the message goes at its end."""
         if self._active is not None:
             raise LocalProtocolError("an mbox takes one message at a time")
         fd = self._locked_fd()
+        size = self._size(fd)
         try:
-            size = os.fstat(fd).st_size
             tail = os.pread(fd, 2, max(0, size - 2))
         except OSError as exc:
             raise self.error(exc) from exc
@@ -324,50 +350,94 @@ class MboxTarget:
                 self._release(fd)
 
     def delivered(self, intent: str) -> bool | None:
-        """``False`` when the file is no longer than it was before the message.
+        """``False`` when the file ends at or before where the message would be.
 
-        Otherwise ``None``: the bytes after offset *intent* must be compared
-        (with :func:`split_mboxrd`) with the server's copy.
+        Otherwise ``None``: the bytes there must be compared with the
+        server's copy (``confirm``). The intents of one batch must be asked
+        in the order they were journalled. A dot-lock the intent names is
+        remembered as a dead run's own (removed at once when met).
         """
-        try:
-            offset = int(intent)
-        except ValueError:
+        offset, proof = _parse_intent(intent)
+        if offset is None:
             return None
+        if proof:
+            self._own_locks.add(proof)
         try:
             size = os.stat(self.path).st_size
         except FileNotFoundError:
             return False
         except OSError as exc:
             raise self.error(exc) from exc
-        return False if size <= offset else None
+        return False if size <= self._found.get(offset, offset) else None
 
     def confirm(self, intent: str, message: Iterable[bytes]) -> bool:
-        """Crash recovery: is *message* (the server's copy) in the file at *intent*?
+        """Crash recovery: is *message* (the server's copy) the next one of its batch?
 
-        Compares the bytes after the separator line with the quoted message,
-        streaming. A partial copy at the very end of the file (a run killed
-        mid-write) is truncated away; then, or on any difference, False.
+        Compares, streaming, the file from where the batch's last message was
+        found (at first the intent's offset) with the quoted message. True
+        when it is there whole. When everything from there to the end of the
+        file is the start of this message (a run killed while writing it),
+        that tail is removed; anything else is left as it is (``damaged``
+        reports it): False.
         """
-        offset = int(intent)
+        offset, _ = _parse_intent(intent)
+        if offset is None:
+            return False
         fd = self._locked_fd()
+        start = self._found.get(offset, offset)
         try:
-            reader = _Reader(fd, offset)
-            same = reader.skip_separator()
+            reader = _Reader(fd, start)
+            reader.skip_separator()
             quoter = _Quoter()
             last = b""
             for chunk in message:
                 if chunk:
                     last = chunk[-1:]
-                same = same and reader.expect(quoter.feed(chunk))
-            ending = quoter.end() + (b"\n" if last != b"\n" else b"") + b"\n"
-            same = same and reader.expect(ending) and reader.at_boundary()
-            if not same and reader.hit_eof:
-                # Our own partial message is the file's tail: remove it.
-                os.ftruncate(fd, offset)
-                os.fsync(fd)
+                reader.expect(quoter.feed(chunk))
+            reader.expect(quoter.end() + (b"\n" if last != b"\n" else b"") + b"\n")
+            if not reader.differs and not reader.hit_eof and reader.at_boundary():
+                self._found[offset] = reader.position
+                self._differs.pop(offset, None)
+                return True
+            if reader.differs or not reader.hit_eof:
+                _, furthest = self._differs.get(offset, (start, start))
+                self._differs[offset] = (start, max(furthest, reader.position))
+                return False
+            # Our own partial message is all that follows: remove it.
+            os.ftruncate(fd, start)
+            os.fsync(fd)
+            self._differs.pop(offset, None)
         except OSError as exc:
             raise self.error(exc) from exc
-        return same
+        return False
+
+    def damaged(self) -> list[str]:
+        """After recovery: the start of a message an interrupted run did not
+        finish, with another program's mail after it, left in the file.
+
+        Where a message was looked for and not found, the bytes up to the
+        next separator are that: when they all matched the start of one of
+        the batch's messages (the first difference is at the separator or
+        beyond). When a byte differs earlier, the message there is not
+        fetchpop's at all (mail appended after the crash): nothing to say.
+        """
+        lines = []
+        differs, self._differs = self._differs, {}
+        if self._fd is None:
+            return []
+        for start, furthest in sorted(differs.values()):
+            try:
+                end = _next_separator(self._fd, start)
+            except OSError as exc:
+                raise self.error(exc) from exc
+            if start < end <= furthest:
+                lines.append(
+                    f"mbox {self.path}: left {end - start} bytes at offset {start} as they "
+                    "are: the start of a message an interrupted run did not finish, with "
+                    "another program's mail after it; the message is delivered again at "
+                    "the end"
+                )
+        return lines
 
     def touch_lock(self) -> None:
         """Refresh the dot-lock's time now and then during a long run."""
@@ -470,6 +540,10 @@ class MboxTarget:
             fd = os.open(mine, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
             try:
                 os.write(fd, b"%d\n" % os.getpid())
+                # Durable before the link: after a power cut FILE.lock is
+                # absent or holds the pid, never empty (only age tells those).
+                os.fsync(fd)
+                self._lock_proof = f"{os.fstat(fd).st_ino}:{os.getpid()}"
             finally:
                 os.close(fd)
         except OSError as exc:
@@ -542,6 +616,8 @@ class MboxTarget:
         if age >= _STALE_LOCK_AGE:
             return True
         text = content.strip()
+        if f"{info.st_ino}:{text.decode('ascii', 'replace')}" in self._own_locks:
+            return True  # a dead run's, says the journal (its pid may live again)
         if not text.isdigit() or not 0 < int(text) < 1 << 22:
             return False
         pid = int(text)
@@ -568,46 +644,72 @@ class MboxTarget:
             os.close(fd)  # releases the fcntl lock
 
 
+def _next_separator(fd: int, start: int) -> int:
+    """Where the next ``From `` line after the one at *start* begins, or the
+    file's length."""
+    pos = start + 1
+    while True:
+        data = os.pread(fd, 1024 * 1024 + 5, pos)
+        found = data.find(b"\nFrom ")
+        if found >= 0:
+            return pos + found + 1
+        if len(data) < 1024 * 1024 + 5:
+            return pos + len(data)
+        pos += 1024 * 1024
+
+
+def _parse_intent(intent: str) -> tuple[int | None, str]:
+    """An intent's offset (None when unreadable) and dot-lock proof ("" if none)."""
+    offset, _, rest = intent.partition(" ")
+    proof = rest[len("lock=") :] if rest.startswith("lock=") else ""
+    return (int(offset) if offset.isdigit() else None), proof
+
+
 class _Reader:
-    """Sequential reads of an mbox from an offset, for :meth:`MboxTarget.confirm`."""
+    """Sequential reads of an mbox from an offset, for :meth:`MboxTarget.confirm`.
+
+    Once *differs* is set (a byte unlike the expected one) or *hit_eof* (the
+    file ended first), nothing more is read; with *hit_eof* alone, every
+    byte to the end of the file was as expected.
+    """
 
     def __init__(self, fd: int, offset: int) -> None:
         self._fd = fd
-        self._pos = offset
+        self.position = offset
         self.hit_eof = False
+        self.differs = False
 
-    def _read(self, size: int) -> bytes:
-        data = os.pread(self._fd, size, self._pos)
-        self._pos += len(data)
-        if len(data) < size:
-            self.hit_eof = True
-        return data
-
-    def skip_separator(self) -> bool:
+    def skip_separator(self) -> None:
         """Skip the blank-line prefix (at most two newlines) and the ``From `` line."""
-        head = os.pread(self._fd, 2 + 1024, self._pos)
+        head = os.pread(self._fd, 2 + 1024, self.position)
         start = 0
         while start < 2 and head[start : start + 1] == b"\n":
             start += 1
-        end = head.find(b"\n", start)
-        if end < 0 or head[start : start + 5] != _FROM:
-            # Cut short inside the separator: a partial message of ours.
-            self.hit_eof = end < 0 and len(head) < 2 + 1024
-            return False
-        self._pos += end + 1
-        return True
+        line = head[start:]
+        end = line.find(b"\n")
+        if end >= 0 and line.startswith(_FROM):
+            self.position += start + end + 1
+        elif end < 0 and len(head) < 2 + 1024 and _FROM.startswith(line[:5]):
+            self.hit_eof = True  # cut short inside the separator
+        else:
+            self.differs = True
 
-    def expect(self, data: bytes) -> bool:
-        """Whether the next bytes of the file are *data*."""
+    def expect(self, data: bytes) -> None:
+        """Compare the next bytes of the file with *data*."""
         view = memoryview(data)
-        while view:
+        while view and not (self.differs or self.hit_eof):
             piece = view[: 1024 * 1024]
-            if self._read(len(piece)) != piece:
-                return False
+            got = os.pread(self._fd, len(piece), self.position)
+            if got != piece[: len(got)]:
+                self.differs = True
+                self.position += next(i for i, b in enumerate(got) if b != piece[i])
+                return
+            self.position += len(got)
+            if len(got) < len(piece):
+                self.hit_eof = True
             view = view[len(piece) :]
-        return True
 
     def at_boundary(self) -> bool:
         """End of file, or the next message's separator."""
-        following = os.pread(self._fd, 5, self._pos)
+        following = os.pread(self._fd, 5, self.position)
         return following in (b"", _FROM) or following.startswith(b"\n")

@@ -229,6 +229,10 @@ class MdaTarget:
         """An MDA leaves nothing to look for: always ``None``."""
         return None
 
+    def damaged(self) -> list[str]:
+        """Recovery leaves nothing behind here to report."""
+        return []
+
     def confirm(self, intent: str, message: Iterable[bytes]) -> bool:
         """An MDA's deliveries cannot be checked: deliver again (at least once)."""
         for _ in message:

@@ -1,11 +1,13 @@
 """Intents left by an interrupted run, resolved (SPEC section 1, promise 2).
 
 A Maildir answers from its directories. An mbox whose file grew past the
-intent's offset is compared with the server's copy (a partial tail is cut
-off). An MDA cannot be asked: the message is delivered again, at least once,
-never lost; fetchpop(1) says so. When the server's copy is needed but cannot
-be read now (RETR refused, and not because the message is gone), nothing is
-decided: the intent stays, and the message is not fetched this run.
+intent's offset is compared with the server's copy, the messages of a batch
+in order (a partial tail is cut off only when it is certainly fetchpop's
+own; anything else is left, and said). An MDA cannot be asked: the message
+is delivered again, at least once, never lost; fetchpop(1) says so. When the
+server's copy is needed but cannot be read now (RETR refused, and not because
+the message is gone), nothing is decided: the intent stays, and the message is
+not fetched this run.
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ class Reconciled:
     #: UIDLs an MDA may have delivered already: they are delivered again
     #: (an MDA cannot be asked; at least once, never lost).
     again: list[str] = dataclasses.field(default_factory=list)
+    #: Lines naming what the target found and left alone (see Target.damaged).
+    damaged: list[str] = dataclasses.field(default_factory=list)
 
 
 def reconcile(
@@ -71,6 +75,7 @@ def reconcile(
         if found is None and intent.uidl in outcome.undecided:
             continue  # kept for a later run
         (recorded if found else dropped).append(intent)
+    outcome.damaged = target.damaged()
     if recorded:
         store.record(mailbox, [i.uidl for i in recorded], done=[i.id for i in recorded])
         store.sync()

@@ -11,11 +11,15 @@ The ordering invariant, for every message:
 
 Any failure before 4 leaves the message on the server and unrecorded; a crash
 between 3 and 4 leaves an intent that the next run resolves by looking in the
-target instead of delivering again. Steps 1, 3 and 4 are batched (group
-commit): where the target can name its deliveries ahead (a Maildir), one
+target instead of delivering again. Every intent is durable before the first
+byte of its message reaches the target (a power cut must not leave a message
+there with no intent: it would be delivered twice). Steps 1, 3 and 4 are
+batched (group commit): where the target can name its deliveries ahead (a
+Maildir its file names, an mbox the offset its batch starts at), one durable
 transaction journals the intents of a whole batch before its first message is
-written; after several finished messages, one round of fsyncs and one
-transaction record them — never recording or deleting anything that is not
+written (an MDA's is journalled durably as it begins); after several finished
+messages, one round of fsyncs and one durable transaction record them and drop
+the batch's unused intents — never recording or deleting anything that is not
 yet durable.
 """
 
@@ -46,6 +50,7 @@ from fetchpop.sync.ident import HeaderReader
 from fetchpop.sync.plan import (
     MAX_ATTEMPTS,
     QUIRK_DAYS,
+    RESET_MIN_UNKNOWN,
     Known,
     Plan,
     ServerMessage,
@@ -263,6 +268,7 @@ class Session:
             self.result.warnings.append(
                 f"{outcome.recorded} message(s) delivered by an interrupted run were recorded"
             )
+        self.result.warnings.extend(outcome.damaged)
         for uidl in outcome.again:
             self.result.warnings.append(
                 f"message {sanitize(uidl)} is delivered again: an interrupted run may have "
@@ -301,9 +307,10 @@ class Session:
             # run: handled, so only -v says so (cron stays quiet).
             self.result.notes.append(f"server lists {repeats} repeated UIDL(s)")
         plan = make_plan(account, messages, known, now=self.now())
-        # With keep = false our own deletions empty the server; only a
-        # leave-on-server mailbox can tell a UIDL reset from new mail.
-        if account.keep and not self.accept_new_uidls and not gmail:
+        # With keep = false the store holds only what QUIT has not deleted
+        # yet (an interrupted run's), so the brake works for it too.
+        brake = not self.accept_new_uidls and not gmail
+        if brake:
             reason = uidl_reset(plan, known.seen)
             if reason:
                 name = account.name
@@ -313,7 +320,7 @@ class Session:
                 )
         window = PIPELINE_WINDOW if client.pipelining else 1
         if plan.delete:
-            known = self._prove(client, plan, known, window)
+            known = self._prove(client, plan, known, window, brake=brake)
             plan = make_plan(account, messages, known, now=self.now())
         self._note_skips(plan, known.problems)
         if self._undecided:
@@ -328,7 +335,9 @@ class Session:
             plan = make_plan(account, messages, known, now=self.now(), fresh=self._fresh)
         self._delete_and_quit(client, messages, known, plan, window)
 
-    def _prove(self, client: Client, plan: Plan, known: Known, window: int) -> Known:
+    def _prove(
+        self, client: Client, plan: Plan, known: Known, window: int, *, brake: bool
+    ) -> Known:
         """Check that each message an earlier session delivered, planned for
         deletion now, is still that message: its header, read with ``TOP n 0``,
         must give the identity recorded with it (:mod:`fetchpop.sync.ident`).
@@ -336,8 +345,10 @@ class Session:
         A different message under the old UIDL (the server handed the UIDL
         out again) loses the record and is fetched as new; one that cannot be
         checked (TOP refused) stays on the server, and is said. A record made
-        before identities were kept adopts the message's now. Returns what
-        the store knows after that.
+        before identities were kept adopts the message's now. When most of
+        many are different, the server has handed its UIDLs out anew: the
+        UIDL-reset brake stops the run (with *brake*) before anything
+        changes. Returns what the store knows after that.
         """
         recorded = self.store.idents(self._mailbox)
         todo = [m for m, _ in plan.delete]
@@ -359,6 +370,8 @@ class Session:
                 adopted[msg.uidl] = ident
             elif recorded[msg.uidl] != ident:
                 different.append(msg.uidl)
+        if brake:
+            self._reuse_brake(len(different), len(todo))
         if adopted:
             self.store.set_idents(self._mailbox, adopted)
         if not different:
@@ -370,6 +383,17 @@ class Session:
         )
         seen = {u: t for u, t in known.seen.items() if u not in set(different)}
         return dataclasses.replace(known, seen=seen)
+
+    def _reuse_brake(self, different: int, checked: int) -> None:
+        """The UIDL-reset brake for UIDLs handed out again (proven by ``_prove``)."""
+        if different >= RESET_MIN_UNKNOWN and different > checked // 2:
+            name = self.account.name
+            raise UIDLResetError(
+                f"{different} of the {checked} messages delivered before and checked now "
+                "are other messages under the same UIDLs: the server may have reset its "
+                "UIDLs and handed them out again. Nothing was fetched or deleted; run "
+                f"`fetchpop sync --accept-new-uidls {name}` to download them as new"
+            )
 
     def _delete_and_quit(
         self, client: Client, messages: list[ServerMessage], known: Known, plan: Plan, window: int
@@ -500,8 +524,11 @@ class Session:
         else:
             delivery = target.begin(msg.uidl)
             try:
-                intent = self.store.begin_intent(
-                    self._mailbox, msg.uidl, format_deliver(self.account.deliver), delivery.intent
+                (intent,) = self.store.begin_intents(
+                    self._mailbox,
+                    format_deliver(self.account.deliver),
+                    [(msg.uidl, delivery.intent)],
+                    durable=True,
                 )
             except BaseException:
                 delivery.abort()
@@ -530,10 +557,13 @@ class Session:
         if not self._batch:
             return
         batch, self._batch = self._batch, []
-        self.store.sync()  # intents durable before the messages are
         target.flush()
         uidls = [uidl for _, uidl, _, _ in batch]
-        done = [i for i, _, _, _ in batch]
+        # The batch ends here: intents journalled ahead and not used (a
+        # message refused or vanished) go with it, and the next message
+        # journals a new batch (an mbox's from where the file ends then).
+        unused, self._ahead = self._ahead, {}
+        done = [i for i, _, _, _ in batch] + [i for i, _ in unused.values()]
         idents = {uidl: ident for _, uidl, _, ident in batch}
         # Recorded durably before any DELE.
         self.store.record(
