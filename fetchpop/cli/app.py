@@ -19,25 +19,109 @@ from fetchpop import __version__
 from fetchpop.cli.env import Environment
 from fetchpop.errors import ExitCode, FetchpopError, sanitize
 
-#: ``--json``, as every command that has it declares it.
-json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")
+#: Where a ``--json`` given before the command is kept (in ``ctx.meta``).
+_GLOBAL_JSON = "fetchpop.json"
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def _json_anywhere(ctx: click.Context, _param: click.Parameter, value: bool) -> bool:
+    return value or bool(ctx.meta.get(_GLOBAL_JSON))
+
+
+#: ``--json``, as every command that has it declares it; ``fetchpop --json
+#: status`` turns it on too.
+json_option = click.option(
+    "--json", "as_json", is_flag=True, callback=_json_anywhere, help="Print JSON on stdout."
+)
+
+
+def _has_json(cmd: click.Command | None) -> bool:
+    return cmd is not None and any(p.name == "as_json" for p in cmd.params)
+
+
+def _late_config(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
+    env = ctx.find_object(Environment)
+    if env is not None and value is not None:
+        env.config_option = value  # the later one wins, as with any option given twice
+
+
+def _late_verbose(ctx: click.Context, _param: click.Parameter, value: int) -> None:
+    env = ctx.find_object(Environment)
+    if env is not None and value:
+        env.verbose += value  # counted across both places: `fetchpop -v sync -v` is -vv
+
+
+def _late_quiet(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    env = ctx.find_object(Environment)
+    if env is not None and value:
+        env.quiet = True
+
+
+def _global_options_after(cmd: click.Command) -> None:
+    """Let ``-c``, ``-v`` and ``-q`` follow *cmd* too (``fetchpop sync -v``).
+
+    They are hidden on the command: its ``--help`` and the man page's
+    SYNOPSIS show them once, as the global options they are.
+    """
+    late = [
+        click.Option(
+            ["-c", "--config"],
+            metavar="FILE",
+            callback=_late_config,
+            hidden=True,
+            expose_value=False,
+        ),
+        click.Option(
+            ["-v", "--verbose"], count=True, callback=_late_verbose, hidden=True, expose_value=False
+        ),
+        click.Option(
+            ["-q", "--quiet"], is_flag=True, callback=_late_quiet, hidden=True, expose_value=False
+        ),
+    ]
+    taken = {o for p in cmd.params for o in getattr(p, "opts", ())}
+    cmd.params.extend(o for o in late if not taken & set(o.opts))
+
+
+class GlobalOptionsGroup(click.Group):
+    """A group whose commands and subgroups (of this class too) accept the
+    global options after their names as well as before."""
+
+    group_class = type
+
+    def add_command(self, cmd: click.Command, name: str | None = None) -> None:
+        _global_options_after(cmd)
+        super().add_command(cmd, name)
+
+
+@click.group(cls=GlobalOptionsGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("-c", "--config", "config", metavar="FILE", help="Configuration file to use.")
-@click.option("-v", "--verbose", count=True, help="More output; twice for a protocol transcript.")
+@click.option(
+    "-v",
+    "--verbose",
+    count=True,
+    help="A summary line per account; -vv also a line per message and the protocol transcript.",
+)
 @click.option("-q", "--quiet", is_flag=True, help="Print only errors.")
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print JSON on stdout (as the command's --json)."
+)
 @click.version_option(__version__, "--version", prog_name="fetchpop")
 @click.pass_context
-def main(ctx: click.Context, config: str | None, verbose: int, quiet: bool) -> None:
+def main(ctx: click.Context, config: str | None, verbose: int, quiet: bool, as_json: bool) -> None:
     """Fetch mail from POP3 accounts into Maildir, mbox or a delivery program.
 
     A message is deleted from the server only after it has been durably
     delivered and recorded, and is never delivered twice.
+
+    The options above may also follow the command: fetchpop sync -v.
     """
     env = ctx.obj if isinstance(ctx.obj, Environment) else Environment()  # tests inject one
     env.config_option, env.verbose, env.quiet = config, verbose, quiet
     ctx.obj = env
+    if as_json:
+        name = ctx.invoked_subcommand
+        if not _has_json(main.get_command(ctx, name) if name else None):
+            raise click.UsageError(f"{name} has no --json output", ctx)
+        ctx.meta[_GLOBAL_JSON] = True
 
 
 def current_env() -> Environment:

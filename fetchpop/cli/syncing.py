@@ -11,12 +11,13 @@ import click
 
 from fetchpop.cli.app import combine, current_env, failure, guard, json_option, main
 from fetchpop.cli.env import Environment, Signals
-from fetchpop.cli.output import Progress, message_line, size, transcript
+from fetchpop.cli.output import SUMMARY, StatusLine, message_hook, size, transcript
 from fetchpop.errors import ExitCode, FetchpopError, one_line, sanitize
 
 if TYPE_CHECKING:
     from fetchpop.config import Account
     from fetchpop.sync import Known, Plan
+    from fetchpop.sync.account import AccountRun
 
 
 @main.command()
@@ -62,10 +63,11 @@ def sync(
 
     def once(signals: Signals) -> int:
         selected = env.load_config().select(accounts)
+        line = StatusLine(env)  # one for the round: with --jobs, the bars share it
 
         def one(account: Account) -> tuple[int, dict[str, Any]]:
             signals.check()
-            return sync_one(env, account, wait, signals, accept_new_uidls)
+            return sync_one(env, account, wait, signals, accept_new_uidls, line)
 
         if jobs > 1 and len(selected) > 1:
             from concurrent.futures import ThreadPoolExecutor
@@ -126,33 +128,69 @@ def _interval(text: str) -> float:
 
 
 def sync_one(
-    env: Environment, account: Account, wait: float, signals: Signals, accept_new_uidls: bool
+    env: Environment,
+    account: Account,
+    wait: float,
+    signals: Signals,
+    accept_new_uidls: bool,
+    line: StatusLine | None = None,
 ) -> tuple[int, dict[str, Any]]:
     """Sync one account with its own seen-store connection (so jobs can run in
     threads), and say how it went: its status, and its ``--json`` report."""
     from fetchpop.sync import run_account
 
-    progress = Progress(env, account.name)
+    line = line or StatusLine(env)
+    bar = line.bar(account.name)
     if account.tls == "off" and env.warn_clear_text:
-        env.warn(
-            f'{account.name}: warning: tls = "off": password and mail cross '
-            "the network in clear text"
-        )
-    with env.open_store() as store:
-        outcome = run_account(
-            account,
-            store,
-            env.state_dir(),
-            env.password_source(account),
-            wait=wait,
-            log=transcript(env, account.name),
-            progress=progress if progress.enabled else None,
-            checkpoint=signals.check,
-            accept_new_uidls=accept_new_uidls,
-            on_message=message_line(env, account.name, progress),
-            now=env.clock,
-        )
-    progress.done()
+        with line.above():
+            env.warn(
+                f'{account.name}: warning: tls = "off": password and mail cross '
+                "the network in clear text"
+            )
+    hooks: dict[str, Any] = {}
+    if line.enabled and _accepts(run_account, "on_plan"):
+        hooks["on_plan"] = bar.plan  # the totals: what the session is about to fetch
+    password = env.password_source(account)
+
+    def asked() -> str:
+        line.clear()  # a prompt must not land in the bar (with --jobs, another's)
+        return password()
+
+    try:
+        with env.open_store() as store:
+            outcome = run_account(
+                account,
+                store,
+                env.state_dir(),
+                asked,
+                wait=wait,
+                log=transcript(env, account.name, line),
+                progress=bar if line.enabled else None,
+                checkpoint=signals.check,
+                accept_new_uidls=accept_new_uidls,
+                on_message=message_hook(env, account.name, bar),
+                now=env.clock,
+                **hooks,
+            )
+    finally:
+        bar.done()  # wiped before any line is printed, even on a second Ctrl-C
+    with line.above():
+        return outcome.code, _report(env, account, outcome)
+
+
+def _accepts(func: Callable[..., object], keyword: str) -> bool:
+    """Whether *func* takes the keyword argument *keyword*."""
+    import inspect
+
+    return keyword in inspect.signature(func).parameters
+
+
+def _report(env: Environment, account: Account, outcome: AccountRun) -> dict[str, Any]:
+    """Print how one account's sync went; its ``--json`` report.
+
+    The summary line (``-v``) is for an account that synced: never after a
+    failure, which has its own line instead.
+    """
     if outcome.error is not None:
         env.error(f"{account.name}: {outcome.message}")
     report: dict[str, Any] = {"account": account.name}
@@ -163,13 +201,14 @@ def sync_one(
         for problem in result.problems:
             env.error(f"{account.name}: {problem}")
         for note in result.notes:
-            env.info(f"{account.name}: {note}")
+            env.info(f"{account.name}: {note}", level=SUMMARY)
         for uidl, why in result.skipped:
-            env.info(f"{account.name}: skipped {sanitize(uidl)}: {why}")
-        if outcome.error is None:  # no summary as if all went well for a failed account
+            env.info(f"{account.name}: skipped {sanitize(uidl)}: {why}", level=SUMMARY)
+        if outcome.error is None:
             env.info(
                 f"{account.name}: {result.fetched} new message(s), {size(result.octets)}, "
-                f"{result.deleted} deleted, {len(result.skipped)} skipped"
+                f"{result.deleted} deleted, {len(result.skipped)} skipped",
+                level=SUMMARY,
             )
         report.update(
             fetched=result.fetched,
@@ -183,7 +222,7 @@ def sync_one(
         )
     ok = outcome.error is None
     report.update(ok=ok, exit_code=outcome.code, error=None if ok else outcome.message)
-    return outcome.code, report
+    return report
 
 
 @main.command()
