@@ -16,7 +16,7 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from fetchpop.errors import ProtocolError
+from fetchpop.errors import ExitCode, ProtocolError
 from fetchpop.pop3 import listings as parsers
 from fetchpop.pop3.listings import MAX_MESSAGE_NUMBER, parse_capa, parse_list, parse_uidl
 
@@ -105,6 +105,48 @@ def test_uidl_fast_path_agrees_with_line_by_line(lines: list[bytes]) -> None:
 @settings(max_examples=1000, deadline=None)
 def test_sizes_fast_path_agrees_with_line_by_line(lines: list[bytes]) -> None:
     check_sizes(lines)
+
+
+@given(listings)
+@example([b"1 a", b"2 b", b"3 c", b"2 d"])  # a repeat in another chunk
+@example([b"4 a", b"5 b", b"6 c", b"1 d", b"2 e"])  # out of order, no repeat
+@example([b"1 a", b"2 b", b"3 c", b"3 d"])  # a repeat in the same chunk
+@example([b"1 a", b"2 b", b"3 c", b"4 d", b"x"])  # a bad line in the second chunk
+@settings(max_examples=500, deadline=None)
+def test_fast_paths_agree_across_chunks(lines: list[bytes]) -> None:
+    """The fast paths take a chunk of lines at a time; three here, not thousands."""
+    saved, parsers._CHUNK = parsers._CHUNK, 3
+    try:
+        check_uidl(lines)
+        check_sizes([ln.replace(b"uid-", b"") for ln in lines])
+    finally:
+        parsers._CHUNK = saved
+
+
+def test_a_repeat_across_chunks_is_still_named() -> None:
+    lines = [b"%d uid-%d" % (n, n) for n in range(1, 20_001)] + [b"7 again"]
+    with pytest.raises(ProtocolError, match=r"^UIDL lists message 7 twice$"):
+        parse_uidl(lines)
+
+
+@pytest.mark.parametrize(("parse", "what"), [(parse_uidl, "UIDL"), (parse_list, "LIST")])
+def test_a_maildrop_of_too_many_messages_is_refused(
+    monkeypatch: pytest.MonkeyPatch, parse: Callable[[list[bytes]], Any], what: str
+) -> None:
+    """Past MAX_MESSAGES a listing is refused with one line saying so (status 76)."""
+    monkeypatch.setattr(parsers, "MAX_MESSAGES", 1000)
+    assert len(parse([b"%d %d" % (n, n) for n in range(1, 1001)])) == 1000
+    with pytest.raises(ProtocolError) as info:
+        parse([b"%d %d" % (n, n) for n in range(1, 1002)])
+    assert str(info.value) == (
+        f"the server's {what} lists 1,001 messages; fetchpop takes at most 1,000 "
+        "in one mailbox (move or delete some with another client)"
+    )
+    assert info.value.exit_code == ExitCode.PROTOCOL
+
+
+def test_the_message_cap_is_a_million() -> None:
+    assert parsers.MAX_MESSAGES == 1_000_000
 
 
 def test_usual_listings_take_the_fast_path() -> None:

@@ -16,6 +16,9 @@ and gives the same result.
 
 from __future__ import annotations
 
+import operator
+from collections.abc import Iterator
+
 from fetchpop.errors import ProtocolError, sanitize
 
 #: Message numbers beyond this are a hostile listing, not a maildrop.
@@ -28,7 +31,14 @@ MAX_OCTETS = 2**40
 Capabilities = dict[str, list[str]]
 
 
+#: A listing of more messages than this is refused. The biggest maildrops met
+#: in practice are archives of a few hundred thousand messages (Gmail lists
+#: at most a few hundred per session); a million costs fetchpop about 200 MB.
+MAX_MESSAGES = 1_000_000
+
 _OCTET_DIGITS = len(str(MAX_OCTETS))
+#: Lines parsed at a time on the fast path.
+_CHUNK = 8192
 
 
 def parse_capa(lines: list[bytes]) -> Capabilities:
@@ -48,14 +58,29 @@ def parse_capa(lines: list[bytes]) -> Capabilities:
 
 def parse_uidl(lines: list[bytes]) -> list[tuple[int, str]]:
     """UIDL's lines as (message number, unique id), in listing order."""
+    _check_count(lines, "UIDL")
     fast = _uidl_fast(lines)
     return fast if fast is not None else _uidl_by_line(lines)
 
 
 def parse_list(lines: list[bytes]) -> dict[int, int]:
     """LIST's lines as message number -> size in octets."""
+    _check_count(lines, "LIST")
     fast = _sizes_fast(lines)
     return fast if fast is not None else _sizes_by_line(lines)
+
+
+def _check_count(lines: list[bytes], what: str) -> None:
+    if len(lines) > MAX_MESSAGES:
+        raise ProtocolError(
+            f"the server's {what} lists {len(lines):,} messages; fetchpop takes at most "
+            f"{MAX_MESSAGES:,} in one mailbox (move or delete some with another client)"
+        )
+
+
+def _chunks(lines: list[bytes]) -> Iterator[list[bytes]]:
+    for start in range(0, len(lines), _CHUNK):
+        yield lines[start : start + _CHUNK]
 
 
 def _message_number(digits: bytes, line: bytes, what: str) -> int:
@@ -99,14 +124,28 @@ def _message_numbers(words: list[str]) -> list[int] | None:
 
 
 def _uidl_fast(lines: list[bytes]) -> list[tuple[int, str]] | None:
-    """What _uidl_by_line gives, when every line is "number uid"; else None."""
-    words = _words(lines)
-    if words is None:
+    """What _uidl_by_line gives, when every line is "number uid"; else None.
+
+    A chunk of lines at a time: only the pairs stay, and the temporaries (the
+    chunk's text and words) are a chunk's worth, not the listing's.
+    """
+    out: list[tuple[int, str]] = []
+    ascending = True  # the usual order: 1, 2, 3 ... needs no set to rule out repeats
+    last = 0
+    for chunk in _chunks(lines):
+        words = _words(chunk)
+        if words is None:
+            return None
+        numbers = _message_numbers(words[0::2])
+        if numbers is None:
+            return None
+        if ascending:
+            ascending = numbers[0] > last and all(map(operator.lt, numbers, numbers[1:]))
+            last = numbers[-1]
+        out += zip(numbers, words[1::2], strict=True)
+    if not ascending and len({number for number, _ in out}) != len(out):
         return None
-    numbers = _message_numbers(words[0::2])
-    if numbers is None or len(set(numbers)) != len(numbers):
-        return None
-    return list(zip(numbers, words[1::2], strict=True))
+    return out or None
 
 
 def _uidl_by_line(lines: list[bytes]) -> list[tuple[int, str]]:
@@ -132,16 +171,19 @@ def _uidl_by_line(lines: list[bytes]) -> list[tuple[int, str]]:
 
 def _sizes_fast(lines: list[bytes]) -> dict[int, int] | None:
     """What _sizes_by_line gives, when every line is "number size"; else None."""
-    words = _words(lines)
-    if words is None:
-        return None
-    numbers, sizes = _message_numbers(words[0::2]), words[1::2]
-    if numbers is None or not _digits(sizes) or max(map(len, sizes)) > _OCTET_DIGITS:
-        return None
-    octets = list(map(int, sizes))
-    if max(octets) > MAX_OCTETS:
-        return None
-    return dict(zip(numbers, octets, strict=True))
+    sizes: dict[int, int] = {}
+    for chunk in _chunks(lines):
+        words = _words(chunk)
+        if words is None:
+            return None
+        numbers, digits = _message_numbers(words[0::2]), words[1::2]
+        if numbers is None or not _digits(digits) or max(map(len, digits)) > _OCTET_DIGITS:
+            return None
+        octets = list(map(int, digits))
+        if max(octets) > MAX_OCTETS:
+            return None
+        sizes.update(zip(numbers, octets, strict=True))
+    return sizes or None
 
 
 def _sizes_by_line(lines: list[bytes]) -> dict[int, int]:
