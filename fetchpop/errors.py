@@ -30,23 +30,46 @@ class ExitCode(enum.IntEnum):
     TERMINATED = 143
 
 
-_CONTROL = {c: "?" for c in range(0x20) if c != 0x09} | {0x7F: "?"}
+#: What sanitize() turns into "?": C0 controls but TAB, DEL and C1 controls
+#: (terminal escapes); the bidirectional controls, which reorder what a line
+#: shows (CVE-2021-42574, "Trojan Source"), and the line and paragraph
+#: separators, which break it; lone surrogates, which no terminal, log or
+#: SQLite text can take.
+_UNSAFE = dict.fromkeys(
+    [
+        *(c for c in range(0x20) if c != 0x09),
+        *range(0x7F, 0xA0),
+        0x061C,  # ARABIC LETTER MARK
+        0x200E,  # LEFT-TO-RIGHT MARK
+        0x200F,  # RIGHT-TO-LEFT MARK
+        *range(0x202A, 0x202F),  # LRE, RLE, PDF, LRO, RLO
+        *range(0x2066, 0x206A),  # LRI, RLI, FSI, PDI
+        0x2028,  # LINE SEPARATOR
+        0x2029,  # PARAGRAPH SEPARATOR
+        *range(0xD800, 0xE000),
+    ],
+    "?",
+)
+#: What sanitize() puts where it cut a text short.
+CUT = "..."
 
 
 def sanitize(text: str | bytes, limit: int = 300) -> str:
     """Make server- or peer-supplied text safe to print on a terminal.
 
-    Control characters (terminal escapes among them) become ``?`` and the text
-    is cut at *limit* characters, so a hostile server cannot paint the screen.
+    Invalid UTF-8 becomes U+FFFD; control characters (terminal escapes among
+    them), bidirectional controls and line separators become ``?``; and the
+    text is cut at *limit* characters (marked ``...``), so a hostile server
+    cannot paint the screen, reorder a line or start a new one.
     """
     if isinstance(text, bytes):
         text = text.decode("utf-8", "replace")
-    text = text.translate(_CONTROL)
-    # C1 controls (U+0080..U+009F) also act as escapes on some terminals.
-    text = "".join("?" if 0x80 <= ord(ch) <= 0x9F else ch for ch in text)
-    if len(text) > limit:
-        text = text[:limit] + "..."
-    return text
+    return cut(text.translate(_UNSAFE), limit)
+
+
+def cut(text: str, limit: int = 300) -> str:
+    """*text* cut at *limit* characters, the cut marked ``...``."""
+    return text if len(text) <= limit else text[:limit] + CUT
 
 
 def one_line(exc: BaseException) -> str:

@@ -93,9 +93,9 @@ def test_no_sink_builds_no_log_lines(monkeypatch: pytest.MonkeyPatch) -> None:
         raise AssertionError("a log line was built with no one to read it")
 
     transport = Script(SERVER)
-    pop = login(transport, None)  # (sanitize() also makes a secret's printable form)
-    monkeypatch.setattr(client_module, "sanitize", refuse)
-    monkeypatch.setattr(client_module, "describe", refuse)
+    pop = login(transport, None)
+    for name in ("describe", "said", "cut"):
+        monkeypatch.setattr(client_module, name, refuse)
     got = fetch(pop)
     assert got[0] == (1, b"hello\n")
     assert got[1][0] == 2

@@ -6,7 +6,12 @@ machine that turns a decoded server challenge into a raw response; the client
 base64-encodes what goes out (``encode_b64``), decodes what comes in
 (``decode_b64``) and owns the socket. This module refuses what a server must
 not send -- a SCRAM nonce that is not ours, a signature that does not verify --
-and never puts a secret into a repr or an exception message.
+and never puts a secret into a repr or an exception message. Each mechanism
+keeps, in ``secrets`` (a :class:`~fetchpop.pop3.masking.Secrets`), every form of
+what it must never let be shown: its password or token, the base64 of each
+response it gives, and what it derives and sends (SCRAM's proof); the
+client hides them all, and so does the mechanism in the server text its
+errors quote.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from collections.abc import Iterable
 from typing import Literal, Protocol
 
 from fetchpop.errors import AuthError, LocalProtocolError, ProtocolError, sanitize
+from fetchpop.pop3.masking import Secrets
 
 MECHANISM_PREFERENCE: tuple[str, ...] = ("SCRAM-SHA-256", "SCRAM-SHA-1", "PLAIN", "LOGIN")
 
@@ -131,12 +137,18 @@ class SASLMechanism(Protocol):
     signature (RFC 5802 section 3) arrives either as a last challenge -- Dovecot
     sends ``+ <v=...>`` and wants an empty line -- or with the success reply.
     On ``-ERR``, ``error_detail()`` holds any error the server sent as a
-    challenge (XOAUTH2, OAUTHBEARER), sanitised for printing.
+    challenge (XOAUTH2, OAUTHBEARER), sanitised for printing. ``secrets``
+    grows with each response: read it after each call, before sending.
     """
 
     @property
     def name(self) -> str:
         """The mechanism's registered name, as sent after AUTH."""
+        ...
+
+    @property
+    def secrets(self) -> Secrets:
+        """Every form of what this mechanism sent or will send that no one may see."""
         ...
 
     def initial_response(self) -> bytes | None:
@@ -165,7 +177,9 @@ class _Mechanism:
 
     name = ""
 
-    def __init__(self, user: str) -> None:
+    def __init__(self, user: str, secret: str) -> None:
+        self.secrets = Secrets()
+        self.secrets.add(secret)
         self._user = user
         self._started = False
         self._done = False
@@ -184,7 +198,8 @@ class _Mechanism:
         if self._started:
             raise LocalProtocolError("initial_response() called after the exchange began")
         self._started = True
-        return self._first()
+        first = self._first()
+        return None if first is None else self._sent(first)
 
     def respond(self, challenge: bytes) -> bytes:
         if not self._started:
@@ -194,8 +209,17 @@ class _Mechanism:
                 # RFC 4422 section 5: a client-first mechanism awaits an empty challenge.
                 if challenge:
                     raise AuthError(f"server sent a {self.name} challenge before our first message")
-                return first
-        return self._step(challenge)
+                return self._sent(first)
+        return self._sent(self._step(challenge))
+
+    def _sent(self, response: bytes) -> bytes:
+        """*response*, its base64 (as the client sends it) hidden from now on."""
+        self.secrets.add_sent(encode_b64(response))
+        return response
+
+    def _show(self, data: str | bytes, limit: int = 300) -> str:
+        """Server text for an error: sanitised, with this mechanism's secrets hidden."""
+        return self.secrets.show(data, limit)
 
     def verify_final(self, server_final: bytes) -> None:
         if server_final:
@@ -212,7 +236,7 @@ class _Plain(_Mechanism):
     name = "PLAIN"
 
     def __init__(self, user: str, secret: str) -> None:
-        super().__init__(user)
+        super().__init__(user, secret)
         # RFC 4616 section 2: [authzid] NUL authcid NUL passwd; authzid left empty.
         self._message = b"\0" + _utf8(user, "user name") + b"\0" + _utf8(secret, "password")
 
@@ -225,7 +249,7 @@ class _Login(_Mechanism):
     name = "LOGIN"
 
     def __init__(self, user: str, secret: str) -> None:
-        super().__init__(user)
+        super().__init__(user, secret)
         # draft-murchison-sasl-login: the prompts' wording varies, only their order counts.
         self._answers = [_utf8(user, "user name"), _utf8(secret, "password")]
 
@@ -245,14 +269,18 @@ def _saslname(name: str) -> str:
 _ALPHA = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
 
 
-def _attributes(message: bytes) -> list[tuple[str, str]]:
-    """Split a SCRAM message into (letter, value) pairs (RFC 5802 section 7)."""
+_MALFORMED = "server sent a malformed SCRAM message: "
+
+
+def _attributes(message: bytes) -> list[tuple[str, str]] | None:
+    """Split a SCRAM message into (letter, value) pairs (RFC 5802 section 7);
+    None when it is malformed."""
     try:
         parts = message.decode("utf-8").split(",")
     except UnicodeDecodeError:
         parts = []
     if not parts or any(len(p) < 2 or p[1] != "=" or p[0] not in _ALPHA for p in parts):
-        raise ProtocolError("server sent a malformed SCRAM message: " + sanitize(message, 120))
+        return None
     return [(p[0], p[2:]) for p in parts]
 
 
@@ -263,7 +291,7 @@ def _printable_nonce(nonce: str) -> bool:
 
 class _Scram(_Mechanism):
     def __init__(self, hash_name: str, user: str, secret: str, nonce: str | None) -> None:
-        super().__init__(user)
+        super().__init__(user, secret)
         self.name = "SCRAM-SHA-1" if hash_name == "sha1" else "SCRAM-SHA-256"
         self._hash = hash_name
         self._password = _utf8(saslprep(secret, "password"), "password", "")
@@ -294,14 +322,20 @@ class _Scram(_Mechanism):
             return b""  # RFC 4422 section 5: final data as a challenge gets an empty response.
         return super()._step(challenge)
 
-    def _client_final(self, server_first: bytes) -> bytes:
-        pairs = _attributes(server_first)
+    def _attributes(self, message: bytes) -> list[tuple[str, str]]:
+        pairs = _attributes(message)
+        if pairs is None:
+            raise ProtocolError(_MALFORMED + self._show(message, 120))
         if pairs[0][0] == "e":
-            raise AuthError("server refused SCRAM: " + sanitize(pairs[0][1], 100))
+            raise AuthError("server refused SCRAM: " + self._show(pairs[0][1], 100))
+        return pairs
+
+    def _client_final(self, server_first: bytes) -> bytes:
+        pairs = self._attributes(server_first)
         if pairs[0][0] == "m":
             raise AuthError("server requires a SCRAM extension fetchpop does not support")
         if [k for k, _ in pairs[:3]] != ["r", "s", "i"]:
-            raise ProtocolError("server sent a malformed SCRAM message: " + sanitize(server_first))
+            raise ProtocolError(_MALFORMED + self._show(server_first))
         nonce, salt_b64, count = (v for _, v in pairs[:3])
         # RFC 5802 section 5.1: the server's nonce must extend ours, or this is a replay.
         if not nonce.startswith(self._nonce) or len(nonce) == len(self._nonce):
@@ -325,16 +359,16 @@ class _Scram(_Mechanism):
         signature = self._hmac(stored_key, auth_message)
         proof = bytes(a ^ b for a, b in zip(client_key, signature, strict=True))
         self._server_signature = self._hmac(self._hmac(salted, b"Server Key"), auth_message)
+        # What the password gives and goes on the wire: a server may echo it.
+        self.secrets.add(encode_b64(proof).decode("ascii"))
         return without_proof + b",p=" + encode_b64(proof)
 
     def _verify(self, server_final: bytes) -> None:
         if not server_final:
             raise AuthError("server did not send its SCRAM signature")
-        key, value = _attributes(server_final)[0]
-        if key == "e":
-            raise AuthError("server refused SCRAM: " + sanitize(value, 100))
+        key, value = self._attributes(server_final)[0]
         if key != "v":
-            raise ProtocolError("server sent a malformed SCRAM message: " + sanitize(server_final))
+            raise ProtocolError(_MALFORMED + self._show(server_final))
         expected = self._server_signature or b""
         if not hmac.compare_digest(decode_b64(value.encode("ascii", "replace")), expected):
             raise AuthError("server signature did not verify")
@@ -348,13 +382,13 @@ class _Scram(_Mechanism):
 
 
 def _oauth_error(challenge: bytes) -> str:
-    """The server's JSON error report, compacted and made safe to print."""
+    """The server's JSON error report, compacted (not yet safe to print)."""
     import json  # (only a failed OAuth2 login needs it)
 
     text = challenge.decode("utf-8", "replace")
     with contextlib.suppress(ValueError, RecursionError):  # not JSON: show it as text
         text = json.dumps(json.loads(text), separators=(",", ":"), ensure_ascii=False)
-    return sanitize(text, 300)
+    return text
 
 
 def _bearer(token: str) -> bytes:
@@ -367,8 +401,10 @@ def _bearer(token: str) -> bytes:
 class _OAuth(_Mechanism):
     """XOAUTH2 and OAUTHBEARER: one message; a challenge after it is an error report."""
 
-    def __init__(self, name: str, user: str, message: bytes, error_reply: bytes) -> None:
-        super().__init__(user)
+    def __init__(
+        self, name: str, user: str, token: str, message: bytes, error_reply: bytes
+    ) -> None:
+        super().__init__(user, token)
         self.name = name
         self._message = message
         self._error_reply = error_reply
@@ -385,7 +421,7 @@ class _OAuth(_Mechanism):
         # error; we answer so the server can finish with -ERR.
         self._challenged = True
         self._done = False
-        self._error = _oauth_error(challenge) or None
+        self._error = self._show(_oauth_error(challenge)) or None
         return self._error_reply
 
 
@@ -414,7 +450,7 @@ def scram(
 def xoauth2(user: str, token: str) -> SASLMechanism:
     """XOAUTH2 (Google, Microsoft): ``user=U ^A auth=Bearer T ^A ^A``."""
     message = b"user=" + _utf8(user, "user name", "\r\n\0\x01") + b"\x01" + _bearer(token)
-    return _OAuth("XOAUTH2", user, message + b"\x01\x01", b"")
+    return _OAuth("XOAUTH2", user, token, message + b"\x01\x01", b"")
 
 
 def oauthbearer(user: str, token: str, host: str, port: int) -> SASLMechanism:
@@ -425,7 +461,7 @@ def oauthbearer(user: str, token: str, host: str, port: int) -> SASLMechanism:
     where = b"host=" + _utf8(host, "host name", "\r\n\0\x01") + b"\x01port=%d\x01" % port
     message = gs2 + b"\x01" + where + _bearer(token) + b"\x01\x01"
     # RFC 7628 section 3.2.3: after an error challenge the client sends a lone ^A.
-    return _OAuth("OAUTHBEARER", user, message, b"\x01")
+    return _OAuth("OAUTHBEARER", user, token, message, b"\x01")
 
 
 def mechanism_for(

@@ -29,6 +29,14 @@ after the connection fell silent between replies; for the whole timeout
 where a reply may be slow for good reason, as to PASS), the client raises
 PipeliningLostError, and the caller starts again on a new connection in
 lock-step (``Client(pipelining=False)``).
+
+What the server says is made safe once, where the protocol parses it
+(sanitised, and every credential sent hidden: see ``protocol`` and
+``masking``). The client adds to the same :class:`~fetchpop.pop3.masking.Secrets`
+the password it is given and what a SASL mechanism derives, hides every
+transcript line with it, and scrubs the errors of what it parses itself
+(listings, SASL challenges): no reply, transcript line or error from here
+shows a secret in any form.
 """
 
 from __future__ import annotations
@@ -47,7 +55,7 @@ from fetchpop.errors import (
     ServerError,
     ServerTimeoutError,
     TLSError,
-    sanitize,
+    cut,
 )
 from fetchpop.pop3 import auth
 from fetchpop.pop3.listings import Capabilities, parse_capa, parse_list, parse_uidl
@@ -95,25 +103,31 @@ def _nolog(_: str) -> None:
 
 class Refusal:
     """A command the server answered with ``-ERR``: ``code`` is its RFC 2449
-    response code ("SYS/TEMP"), if any, and ``text`` the reply's text as sent."""
+    response code ("SYS/TEMP"), if any, and ``text`` the reply's text, made
+    safe where it was parsed (sanitised, secrets hidden)."""
 
-    __slots__ = ("_hide", "_reply", "code", "text")
+    __slots__ = ("_reply", "code", "text")
 
-    def __init__(self, reply: Reply, hide: Callable[[str], str]) -> None:
+    def __init__(self, reply: Reply) -> None:
         self.code = reply.code
         self.text = reply.text
         self._reply = reply
-        self._hide = hide
 
     @property
     def words(self) -> str:
-        """``-ERR [CODE] text`` as a user may see it: sanitised, secrets hidden."""
-        return self._hide(describe(self._reply))
+        """``-ERR [CODE] text`` as a user may see it."""
+        return describe(self._reply)
 
 
-def describe(reply: Reply) -> str:
-    """``-ERR [CODE] text`` as a user may see it, sanitised."""
-    return sanitize(("+OK " if reply.ok else "-ERR ").encode() + reply.text)
+def describe(reply: Reply | Greeting) -> str:
+    """``-ERR [CODE] text`` as a user may see it."""
+    return said(reply.ok, reply.text)
+
+
+def said(ok: bool, text: bytes) -> str:
+    """A status line as a user may see it: its *text* is safe already (the
+    protocol made it so), and here only cut to 300 characters."""
+    return cut(("+OK " if ok else "-ERR ") + text.decode("utf-8"))
 
 
 def retr_limit(size: int | None) -> int | None:
@@ -141,7 +155,7 @@ class Client:
         self._logging = log is not None
         # Secrets this session sent: a server that echoes one ("-ERR bad
         # password ...") must not get it into a transcript or an error line.
-        self._secrets: list[str] = []
+        self._secrets = self._p.secrets
         self.capabilities: Capabilities | None = None
         # Commands written at the next read, not before (one write, one round
         # trip), while not None; see assume_capabilities().
@@ -158,11 +172,9 @@ class Client:
         assert isinstance(event, Greeting)
         self.greeting = event
         if self._logging:
-            self._log("S: " + ("+OK " if event.ok else "-ERR ") + sanitize(event.text))
+            self._log("S: " + describe(event))
         if not event.ok:
-            raise ServerError(
-                "server refused the connection: -ERR " + sanitize(event.text), event.code
-            )
+            raise ServerError("server refused the connection: " + describe(event), event.code)
 
     @property
     def transport(self) -> Transport:
@@ -175,14 +187,7 @@ class Client:
         self._sink(self._hide(line))
 
     def _hide(self, text: str) -> str:
-        for secret in self._secrets:
-            text = text.replace(secret, "***")
-        return text
-
-    def _remember_secret(self, secret: str) -> None:
-        for form in (secret, sanitize(secret)):
-            if form and form not in self._secrets:
-                self._secrets.append(form)
+        return self._secrets.hide(text)
 
     def _flush(self) -> None:
         """Write what is held back (see assume_capabilities), and stop holding."""
@@ -249,9 +254,6 @@ class Client:
         else:
             self._t.send(data)
 
-    def _refusal(self, reply: Reply) -> Refusal:
-        return Refusal(reply, self._hide)
-
     def _reply(self) -> Reply:
         return self._as_reply(self._event())
 
@@ -281,7 +283,7 @@ class Client:
     def _listing_event(self, event: Event) -> Listing | Reply:
         if isinstance(event, Listing):
             if self._logging:
-                self._log(f"S: +OK {sanitize(event.text)} [{len(event.lines)} lines]")
+                self._log(f"S: {said(True, event.text)} [{len(event.lines)} lines]")
             return event
         if isinstance(event, Reply):
             if self._logging:
@@ -299,8 +301,12 @@ class Client:
         if isinstance(result, Reply):
             self.capabilities = None
             return None
-        self.capabilities = parse_capa(result.lines)
-        return self.capabilities
+        caps = parse_capa(result.lines)
+        if self._secrets:  # a CAPA after the login could echo a secret, too
+            hide = self._hide
+            caps = {hide(name): [hide(arg) for arg in args] for name, args in caps.items()}
+        self.capabilities = caps
+        return caps
 
     def has(self, capability: str) -> bool:
         """Whether the last CAPA listed *capability*."""
@@ -362,7 +368,7 @@ class Client:
 
     def user_pass(self, user: str, password: str) -> None:
         """USER/PASS login (RFC 1939 section 7); one round trip with PIPELINING."""
-        self._remember_secret(password)
+        self._secrets.add(password)
         try:
             if not self.pipelining:
                 self.command("USER", user)
@@ -377,7 +383,7 @@ class Client:
                     words = describe(reply)
                     raise ServerError(f"{reply.command} failed: {words}", reply.code, words)
         except ServerError as exc:
-            raise login_error(self._hide(exc.words), exc.code) from exc
+            raise login_error(exc.words, exc.code) from exc
 
     def require_apop(self) -> bytes:
         """The greeting's APOP timestamp, or CapabilityError.
@@ -392,16 +398,24 @@ class Client:
     def apop(self, user: str, password: str) -> None:
         """APOP login with the greeting's timestamp (RFC 1939 section 7)."""
         digest = auth.apop_digest(self.require_apop(), password)
-        self._remember_secret(password)
-        self._remember_secret(digest)
+        self._secrets.add(password, digest)
         self._send(self._p.send("APOP", user, digest), f"APOP {user} ***")
         reply = self._reply()
         if not reply.ok:
-            raise login_error(self._hide(describe(reply)), reply.code)
+            raise login_error(describe(reply), reply.code)
 
     def sasl(self, mech: auth.SASLMechanism) -> None:
-        """Run an AUTH exchange (RFC 5034) with *mech*."""
+        """Run an AUTH exchange (RFC 5034) with *mech*.
+
+        Whatever *mech* sends or derives is hidden before it is sent, and its
+        errors (which may quote a challenge) are scrubbed.
+        """
+        with self._secrets.scrubbing():
+            self._sasl(mech)
+
+    def _sasl(self, mech: auth.SASLMechanism) -> None:
         initial = mech.initial_response()
+        self._secrets.update(mech.secrets)
         args = [mech.name]
         if initial is not None:
             encoded = auth.encode_b64(initial).decode("ascii") if initial else "="
@@ -412,12 +426,14 @@ class Client:
         while True:
             event = self._event()
             if isinstance(event, Continuation):
-                self._log("S: + ***")
+                if self._logging:  # (base64 only: the protocol checked)
+                    self._log("S: + " + event.payload.decode("ascii"))
                 if initial is not None:
                     # The initial response did not fit the AUTH line: send it now.
                     answer, initial = initial, None
                 else:
                     answer = mech.respond(auth.decode_b64(event.payload))
+                    self._secrets.update(mech.secrets)
                 self._send(self._p.send_sasl(auth.encode_b64(answer)), "***")
                 continue
             if not isinstance(event, Reply):
@@ -436,27 +452,31 @@ class Client:
     # -- transactions ----------------------------------------------------------
 
     def uidl(self) -> list[tuple[int, str]]:
-        """UIDL listing as (message number, unique id); CapabilityError without UIDL."""
+        """UIDL listing as (message number, unique id); CapabilityError without UIDL.
+
+        The unique ids are data, exact (a match must be exact): whoever shows
+        one sanitises it.
+        """
         return self._parse_uidl(self._listing("UIDL"))
 
-    @staticmethod
-    def _parse_uidl(result: Listing | Reply) -> list[tuple[int, str]]:
+    def _parse_uidl(self, result: Listing | Reply) -> list[tuple[int, str]]:
         if isinstance(result, Reply):
             raise CapabilityError(
                 "server does not support UIDL, so fetchpop cannot tell new mail from old: "
                 + describe(result)
             )
-        return parse_uidl(result.lines)
+        with self._secrets.scrubbing():  # its errors quote a line
+            return parse_uidl(result.lines)
 
     def sizes(self) -> dict[int, int]:
         """LIST listing: message number -> size in octets."""
         return self._parse_sizes(self._listing("LIST"))
 
-    @staticmethod
-    def _parse_sizes(result: Listing | Reply) -> dict[int, int]:
+    def _parse_sizes(self, result: Listing | Reply) -> dict[int, int]:
         if isinstance(result, Reply):
             raise ServerError("LIST failed: " + describe(result), result.code)
-        return parse_list(result.lines)
+        with self._secrets.scrubbing():
+            return parse_list(result.lines)
 
     def maildrop(self) -> tuple[list[tuple[int, str]], dict[int, int]]:
         """After login: CAPA again (RFC 2449 section 5), UIDL and LIST.
@@ -512,12 +532,12 @@ class Client:
             if isinstance(event, Reply):
                 if self._logging:
                     self._log("S: " + describe(event))
-                yield num, self._refusal(event)
+                yield num, Refusal(event)
                 continue
             if not isinstance(event, MessageStart):
                 raise ProtocolError(f"unexpected {type(event).__name__} in reply to RETR")
             if self._logging:
-                self._log(f"S: +OK {sanitize(event.text)}")
+                self._log("S: " + said(True, event.text))
             chunks = self._chunks()
             yield num, chunks
             for _ in chunks:  # the caller stopped early: skip the rest
@@ -575,7 +595,7 @@ class Client:
             reply = self._reply()
             if i < len(numbers):
                 if not reply.ok:
-                    refused.append((numbers[i], self._refusal(reply)))
+                    refused.append((numbers[i], Refusal(reply)))
             elif not reply.ok:
                 raise ServerError("QUIT failed, deletions not done: " + describe(reply), reply.code)
         return refused

@@ -20,6 +20,15 @@ Strategy (RFC 1939 section 3, RFC 2449 sections 6.6 and 8):
   nothing may be sent behind one before its reply has arrived (RFC 2595
   section 4; and Courier and Cyrus drop what follows a login), so
   :meth:`POP3Protocol.send` refuses to, as it refuses anything after QUIT.
+* Every text a server sends for people (the greeting's, each ``+OK`` and
+  ``-ERR`` line's, response codes included) is made safe here, once, as it
+  is parsed: sanitised (:func:`~fetchpop.errors.sanitize`: no escapes, C0 or
+  C1 controls, DEL, bidirectional controls or invalid UTF-8) and with every
+  credential this connection sent hidden (:class:`~fetchpop.pop3.masking.Secrets`:
+  the protocol registers the arguments of PASS, APOP and AUTH and each SASL
+  response as it sends them). An event's ``text`` is that safe text, as
+  UTF-8 bytes; a SASL challenge must be base64, nothing else. What is data
+  (listing lines, messages, challenges) stays exact.
 * A server that ends lines with a bare LF is tolerated; anything else that
   does not parse is a :class:`~fetchpop.errors.ProtocolError`, after which the
   connection is in a terminal error state. No input makes this module hang:
@@ -40,6 +49,7 @@ from fetchpop.errors import (
     ProtocolError,
     sanitize,
 )
+from fetchpop.pop3.masking import Secrets
 
 #: RFC 2449 section 4 allows 512 octets for a status line; real servers send
 #: longer texts, so we accept more, but not without bound.
@@ -98,7 +108,10 @@ def _event(cls: type[_T]) -> type[_T]:
 
 @_event
 class Greeting(NamedTuple):
-    """The server's first line. ``timestamp`` is the APOP challenge, if any."""
+    """The server's first line. ``timestamp`` is the APOP challenge, if any.
+
+    The ``text`` of this and every other event is safe to show (see the top).
+    """
 
     ok: bool
     text: bytes
@@ -169,6 +182,10 @@ _LISTINGS = frozenset({"CAPA", "LIST", "UIDL"})
 _MESSAGES = frozenset({"RETR", "TOP"})
 
 _CODE = re.compile(rb"^\[([^\]\r\n]{1,64})\]\s*")
+# RFC 5034 section 4: a challenge is base64 (RFC 4648 section 4), or empty.
+_BASE64 = re.compile(rb"[A-Za-z0-9+/]*={0,2}")
+#: Credential commands: which argument is the secret.
+_CREDENTIAL_ARGUMENT = {"PASS": 0, "APOP": 1}
 # RFC 1939 section 7: the APOP timestamp is an RFC 822 msg-id in the greeting.
 _TIMESTAMP = re.compile(rb"<[\x21-\x3b\x3d\x3f-\x7e]+@[\x21-\x3b\x3d\x3f-\x7e]+>")
 
@@ -188,6 +205,8 @@ class POP3Protocol:
     """
 
     def __init__(self) -> None:
+        #: What this connection sent as credentials; hidden in every text parsed.
+        self.secrets = Secrets()
         self._buf = bytearray()
         self._eof = False
         self._expect: collections.deque[_Expect] = collections.deque(
@@ -262,6 +281,7 @@ class POP3Protocol:
         line = " ".join((name, *args)).encode("utf-8")
         if b"\r" in line or b"\n" in line or len(line) > 255 * 2:
             raise LocalProtocolError("refusing to send a malformed command line")
+        self._remember(name, args)
         self._expect.append(_Expect(name, kind, max_octets))
         self._queued += 1
         if name in _BARRIERS:
@@ -270,11 +290,20 @@ class POP3Protocol:
             self._state = State.UPDATE
         return line + b"\r\n"
 
+    def _remember(self, name: str, args: tuple[str, ...]) -> None:
+        """Register the credential in a command, so no reply can show it."""
+        if name == "AUTH":
+            if len(args) > 1:
+                self.secrets.add_sent(args[1].encode("ascii", "replace"))
+        elif name in _CREDENTIAL_ARGUMENT and len(args) > _CREDENTIAL_ARGUMENT[name]:
+            self.secrets.add(args[_CREDENTIAL_ARGUMENT[name]])
+
     def send_sasl(self, payload: bytes) -> bytes:
         """Bytes answering a SASL challenge (already base64, or ``*`` to cancel)."""
         self._check_usable()
         if not self._expect or self._expect[0].kind is not Kind.SASL:
             raise LocalProtocolError("no SASL exchange in progress")
+        self.secrets.add_sent(payload)
         return payload + b"\r\n"
 
     # -- receiving -------------------------------------------------------------
@@ -311,7 +340,7 @@ class POP3Protocol:
         if not self._expect:
             if self._buf:
                 raise ProtocolError(
-                    "server sent data nobody asked for: " + _show(bytes(self._buf[:80]))
+                    "server sent data nobody asked for: " + self._show(bytes(self._buf[:4096]))
                 )
             return NEED_DATA
         exp = self._expect[0]
@@ -323,7 +352,10 @@ class POP3Protocol:
             return NEED_DATA
         if exp.kind is Kind.SASL and line[:1] == b"+" and line[:3].upper() != b"+OK":
             # RFC 5034 section 4: "+" SP base64 (some servers omit the space).
-            return Continuation(line[1:].strip())
+            payload = line[1:].strip()
+            if not _BASE64.fullmatch(payload):
+                raise ProtocolError("server sent invalid base64: " + self._show(payload, 80))
+            return Continuation(payload)
         if exp.command == "greeting":
             return self._greeting(line)
         ok, text, code = self._status(line, exp.command)
@@ -334,10 +366,10 @@ class POP3Protocol:
     def _greeting(self, line: bytes) -> Greeting:
         service = identify_service(line)
         if service is not None and service != "pop3":
-            raise NotPOP3Error(f"the server greeted in {service}: {_show(line)}", service)
+            raise NotPOP3Error(f"the server greeted in {service}: {self._show(line)}", service)
         ok, text, code = self._status(line, "greeting")
         self._expect.popleft()
-        match = _TIMESTAMP.search(text) if ok else None
+        match = _TIMESTAMP.search(line, 4) if ok else None
         return Greeting(ok, text, match.group(0) if match else None, code)
 
     def _begin_body(self, exp: _Expect, text: bytes) -> Event | _NeedData:
@@ -375,17 +407,24 @@ class POP3Protocol:
         del self._buf[: end + 1]
         return line[:-1] if line.endswith(b"\r") else line
 
-    @staticmethod
-    def _status(line: bytes, what: str) -> tuple[bool, bytes, str | None]:
+    def _status(self, line: bytes, what: str) -> tuple[bool, bytes, str | None]:
         head = line[:4].upper()
         if head[:3] == b"+OK" and line[3:4] in (b"", b" ", b"\t"):
-            return True, line[4:], None
+            return True, self._text(line[4:]), None
         if head == b"-ERR" and line[4:5] in (b"", b" ", b"\t"):
-            text = line[5:]
+            text = self._text(line[5:])
             match = _CODE.match(text)
-            code = match.group(1).decode("ascii", "replace") if match else None
-            return False, line[5:], code
-        raise ProtocolError(f"unexpected reply to {what}: {_show(line)}")
+            code = match.group(1).decode("utf-8", "replace") if match else None
+            return False, text, code
+        raise ProtocolError(f"unexpected reply to {what}: {self._show(line)}")
+
+    def _text(self, raw: bytes) -> bytes:
+        """A reply's text made safe, here and only here (see the top)."""
+        return self.secrets.hide(sanitize(raw, len(raw))).encode("utf-8")
+
+    def _show(self, line: bytes, limit: int = 120) -> str:
+        """A line quoted in an error: made safe, then cut."""
+        return repr(self.secrets.show(line, limit))
 
     def _body(self, exp: _Expect) -> Event | _NeedData:
         if exp.kind is Kind.LISTING:
@@ -547,7 +586,3 @@ def _unstuff(chunk: bytes, bol: bool, stuffed: bool) -> bytes:
     if stuffed:
         chunk = chunk.replace(b"\n.", b"\n")
     return chunk.replace(b"\r\n", b"\n")
-
-
-def _show(line: bytes) -> str:
-    return repr(sanitize(line, 120))
