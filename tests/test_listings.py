@@ -9,12 +9,17 @@ the same error with the same message.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
+from fakepop import FakePOP3
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
+from runner import Home, account_toml, maildir_messages
 
 from fetchpop.errors import ExitCode, ProtocolError
 from fetchpop.pop3 import listings as parsers
@@ -143,6 +148,53 @@ def test_a_maildrop_of_too_many_messages_is_refused(
         "in one mailbox (move or delete some with another client)"
     )
     assert info.value.exit_code == ExitCode.PROTOCOL
+
+
+CAPPED_FETCHPOP = """\
+import runpy, sys
+import fetchpop.pop3.listings
+fetchpop.pop3.listings.MAX_MESSAGES = 3
+sys.argv = ["fetchpop", *sys.argv[1:]]
+runpy.run_module("fetchpop", run_name="__main__", alter_sys=True)
+"""
+
+
+def test_sync_refuses_a_maildrop_over_the_cap(tmp_path: Path) -> None:
+    """The real command, with the cap lowered to 3, against a maildrop of 4:
+    one line, status 76, nothing delivered and nothing deleted."""
+    home = Home(tmp_path / "home")
+    mail = tmp_path / "Mail"
+    messages = [b"Subject: %d\r\n\r\nbody\r\n" % n for n in range(4)]
+    with FakePOP3(messages) as server:
+        home.write_config(
+            account_toml(
+                "acct",
+                host=server.host,
+                port=server.port,
+                tls="off",
+                user="alice",
+                password="secret",
+                deliver=f"maildir:{mail}",
+                keep=False,
+                timeout=10,
+            )
+        )
+        proc = subprocess.run(
+            [sys.executable, "-c", CAPPED_FETCHPOP, "sync"],
+            env=home.env(),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        commands = server.all_commands()
+    assert proc.returncode == 76, proc
+    assert proc.stderr.splitlines()[-1] == (
+        "fetchpop: acct: the server's UIDL lists 4 messages; fetchpop takes at most 3 "
+        "in one mailbox (move or delete some with another client)"
+    ), proc.stderr
+    assert not any(c.startswith((b"RETR", b"DELE")) for c in commands)
+    assert maildir_messages(mail) == []
 
 
 def test_the_message_cap_is_a_million() -> None:

@@ -9,8 +9,8 @@ UIDL and a LIST listing of N messages (Dovecot-like UIDLs, "00001a2b3c4d5e6f"
 plus the number), feeds them to a POP3Protocol in 64 KiB reads (as the
 client does), parses the listings (parse_uidl, parse_list), merges them
 (merge_listings) and plans against an empty seen-store (make_plan). It
-prints the wire size, the peak RSS (``ru_maxrss``) after each stage, and the
-seconds each took. Stages after a refusal (a listing over MAX_MESSAGES) are
+prints the wire size, the peak RSS (``ru_maxrss``) and the current one
+(/proc/self/statm) after each stage, and the seconds each took. Stages after a refusal (a listing over MAX_MESSAGES) are
 not run; the refusal line is printed instead.
 """
 
@@ -39,9 +39,17 @@ def child(n: int) -> None:
     def rss_mib() -> float:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
+    def now_mib() -> float:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
     def stage(name: str, started: float) -> float:
         now = time.perf_counter()
-        print(f"  {name:<24} peak RSS {rss_mib():7.1f} MiB  {now - started:6.2f} s", flush=True)
+        print(
+            f"  {name:<24} peak RSS {rss_mib():7.1f} MiB  now {now_mib():7.1f} MiB"
+            f"  {now - started:6.2f} s",
+            flush=True,
+        )
         return now
 
     t = time.perf_counter()
