@@ -3,8 +3,9 @@
 
 Run by hand (it is not a test and asserts nothing)::
 
-    python3 tests/bench/bench.py [--cases A,B,C,D,E] [--repeat 3]
+    python3 tests/bench/bench.py [--cases A,B,C,D,E,F,G] [--repeat 3]
                                  [--tools fetchpop,mpop,fetchmail,getmail6]
+                                 [--accounts 300] [--jobs 16]
                                  [--workdir DIR] [--source DIR] [--profile DIR]
 
 A private Dovecot listens on loopback with implicit TLS and a throw-away CA
@@ -15,7 +16,11 @@ run fetches everything; case D keeps the state so that nothing is new.
 Cases: A 2,000 x 4 KB; B 40 x 2 MB; C one 100 MB message; D 10,000 messages
 already seen (primed once, untimed); E the 300-message version of A and then
 B, through a proxy on loopback that delays every chunk by 25 ms each way
-(+50 ms round trip).
+(+50 ms round trip); F 100,000 messages already seen; G ``--accounts``
+mailboxes (300) of 3 messages each in one configuration, G1 with all of them
+seen (primed once), G2 fetching them all (fetchpop ``sync --jobs``
+``--jobs``, 16; mpop ``-a``, fetchmail and getmail6 go one account after the
+other, as they can).
 
 Figures are medians over the repetitions, with the tools interleaved: wall
 time; CPU time (user + system) from ``os.wait4``, which includes the
@@ -92,6 +97,12 @@ class Case:
     expect: int  # messages a run must deliver
     proxied: bool = False
     keep_state: bool = False  # D: seen-state survives between runs (primed once)
+    accounts: int = 1  # G: this many mailboxes, users USER0, USER1, ...
+
+    def users(self) -> list[str]:
+        if self.accounts == 1:
+            return [self.user]
+        return [f"{self.user}{i}" for i in range(self.accounts)]
 
 
 CASES = {
@@ -101,7 +112,12 @@ CASES = {
     "D": Case("D", "D: 10,000 seen, 0 new", "cased", 0, keep_state=True),
     "E1": Case("E1", "E: 300 x 4 KB, +50 ms RTT", "casee", 300, proxied=True),
     "E2": Case("E2", "E: 40 x 2 MB, +50 ms RTT", "caseb", 40, proxied=True),
+    "F": Case("F", "F: 100,000 seen, 0 new", "casef", 0, keep_state=True),
+    "G1": Case("G1", "G: 300 accounts, 3 seen each", "caseg", 0, keep_state=True, accounts=300),
+    "G2": Case("G2", "G: 300 accounts, 3 new each", "caseg", 900, accounts=300),
 }
+#: What --cases names that stands for several.
+GROUPS = {"E": ["E1", "E2"], "G": ["G1", "G2"]}
 #: Run once by every tool before measuring: fills byte-code and page caches.
 WARM_UP = Case("W", "warm-up", "warm", 3)
 
@@ -120,6 +136,10 @@ def mailbox_messages(user: str) -> Iterable[bytes]:
         return small_messages(3, 4096, seed=9)
     if user == "casee":
         return small_messages(300, 4096, seed=5)
+    if user == "casef":
+        return small_messages(100000, 512, seed=6)
+    if user.startswith("caseg"):
+        return small_messages(3, 4096, seed=100 + int(user[len("caseg") :]))
     raise KeyError(user)
 
 
@@ -240,17 +260,26 @@ class DelayProxy:
 
 
 @dataclasses.dataclass(frozen=True)
+class Box:
+    """One account of a run: a mailbox on the server and the Maildir it goes to."""
+
+    name: str
+    user: str
+    password: str
+    maildir: Path
+
+
+@dataclasses.dataclass(frozen=True)
 class Job:
     """Where one run fetches from and delivers to."""
 
     host: str
     port: int
-    user: str
-    password: str
+    boxes: tuple[Box, ...]
     ca_file: Path
-    maildir: Path
     state: Path  # the tool's private HOME / state directory
     priming: bool = False  # an untimed run that only builds seen-state (case D)
+    jobs: int = 1  # fetchpop's --jobs, for several boxes
 
 
 @dataclasses.dataclass(frozen=True)
@@ -395,19 +424,23 @@ class Fetchpop(Tool):
     def command(self, job: Job) -> tuple[list[str], dict[str, str]]:
         config = write_private(
             job.state / "config.toml",
-            f"""\
-[accounts.bench]
+            "".join(
+                f"""\
+[accounts.{box.name}]
 host = "{job.host}"
 port = {job.port}
 tls = "implicit"
-user = "{job.user}"
-password = "{job.password}"
+user = "{box.user}"
+password = "{box.password}"
 ca_file = "{job.ca_file}"
-deliver = "maildir:{job.maildir}"
+deliver = "maildir:{box.maildir}"
 keep = true
-""",
+"""
+                for box in job.boxes
+            ),
         )
-        return self.argv("-q", "-c", str(config), "sync"), self.env(job.state)
+        jobs = ["--jobs", str(job.jobs)] if len(job.boxes) > 1 else []
+        return self.argv("-q", "-c", str(config), "sync", *jobs), self.env(job.state)
 
 
 class Mpop(Tool):
@@ -430,17 +463,22 @@ tls_trust_file {job.ca_file}
 uidls_file {job.state}/uidls
 keep on
 only_new on
-
-account bench
+"""
+            + "".join(
+                f"""
+account {box.name}
 host {job.host}
 port {job.port}
 auth user
-user {job.user}
-password {job.password}
-delivery maildir {job.maildir}
-""",
+user {box.user}
+password {box.password}
+delivery maildir {box.maildir}
+"""
+                for box in job.boxes
+            ),
         )
-        return ["mpop", "--quiet", "-C", str(rc), "bench"], base_env(job.state)
+        which = ["-a"] if len(job.boxes) > 1 else [job.boxes[0].name]
+        return ["mpop", "--quiet", "-C", str(rc), *which], base_env(job.state)
 
 
 class Fetchmail(Tool):
@@ -457,17 +495,22 @@ class Fetchmail(Tool):
         return f"{fm}; delivery: {first_line(['maildrop', '-v'], match='maildrop')}"
 
     def command(self, job: Job) -> tuple[list[str], dict[str, str]]:
-        mailfilter = write_private(job.state / "mailfilter", f'to "{job.maildir}/"\n')
-        rc = write_private(
-            job.state / ".fetchmailrc",
-            f"""\
-set no syslog
-set no bouncemail
-poll {job.host} with protocol pop3 port {job.port} uidl
-  user "{job.user}" there with password "{job.password}" is "{getpass.getuser()}" here
+        polls = []
+        for box in job.boxes:
+            mailfilter = write_private(
+                job.state / f"mailfilter-{box.name}", f'to "{box.maildir}/"\n'
+            )
+            polls.append(
+                f"""\
+poll {box.name} via {job.host} with protocol pop3 port {job.port} uidl
+  user "{box.user}" there with password "{box.password}" is "{getpass.getuser()}" here
   options keep ssl sslcertck sslcertfile "{job.ca_file}" sslcommonname "localhost"
   mda "/usr/bin/maildrop {mailfilter}"
-""",
+"""
+            )
+        rc = write_private(
+            job.state / ".fetchmailrc",
+            "set no syslog\nset no bouncemail\n" + "".join(polls),
         )
         argv = [
             "fetchmail",
@@ -495,27 +538,35 @@ class Getmail(Tool):
         return first_line(["getmail", "--version"], match="getmail")
 
     def command(self, job: Job) -> tuple[list[str], dict[str, str]]:
+        argv = ["getmail", "--quiet", "--getmaildir", str(job.state)]
+        for box in job.boxes:
+            argv += ["--rcfile", str(self._rcfile(job, box))]
+        if job.priming:
+            argv.append("--to-oldmail-on-each-mail")
+        return argv, base_env(job.state)
+
+    def _rcfile(self, job: Job, box: Box) -> Path:
         user = ""
         if os.geteuid() == 0:
             # getmail6 refuses to deliver as root: its per-message delivery
             # child (forked in any case) switches to this user.
             user = f"user = {NOBODY}"
-            for path in (job.maildir, *(job.maildir / d for d in ("cur", "new", "tmp"))):
+            for path in (box.maildir, *(box.maildir / d for d in ("cur", "new", "tmp"))):
                 shutil.chown(path, NOBODY)
-        rc = write_private(
-            job.state / "getmailrc",
+        return write_private(
+            job.state / f"getmailrc-{box.name}",
             f"""\
 [retriever]
 type = SimplePOP3SSLRetriever
 server = {job.host}
 port = {job.port}
-username = {job.user}
-password = {job.password}
+username = {box.user}
+password = {box.password}
 ca_certs = {job.ca_file}
 
 [destination]
 type = Maildir
-path = {job.maildir}/
+path = {box.maildir}/
 {user}
 
 [options]
@@ -525,10 +576,6 @@ delete = false
 message_log_syslog = false
 """,
         )
-        argv = ["getmail", "--quiet", "--getmaildir", str(job.state), "--rcfile", str(rc)]
-        if job.priming:
-            argv.append("--to-oldmail-on-each-mail")
-        return argv, base_env(job.state)
 
 
 TOOLS: dict[str, Callable[[], Tool]] = {
@@ -551,9 +598,15 @@ class Cell:
 
 class Bench:
     def __init__(
-        self, server: Dovecot, workdir: Path, proxy_port: int | None, scratch: Path | None = None
+        self,
+        server: Dovecot,
+        workdir: Path,
+        proxy_port: int | None,
+        scratch: Path | None = None,
+        jobs: int = 16,
     ) -> None:
         self.server = server
+        self.jobs = jobs
         self.workdir = workdir
         # Untimed priming runs (case D) deliver here: tmpfs when there is one.
         self.scratch = scratch or workdir
@@ -568,18 +621,15 @@ class Bench:
         port = self.proxy_port if case.proxied else self.server.tls_port
         assert port is not None
         self._seq += 1
-        maildir = (self.scratch if priming else self.workdir) / f"maildir-{self._seq}"
-        for sub in ("cur", "new", "tmp"):
-            (maildir / sub).mkdir(parents=True)
+        maildirs = (self.scratch if priming else self.workdir) / f"maildirs-{self._seq}"
+        boxes = []
+        for i, user in enumerate(case.users()):
+            maildir = maildirs / user
+            for sub in ("cur", "new", "tmp"):
+                (maildir / sub).mkdir(parents=True)
+            boxes.append(Box(f"b{i}", user, self.server.users[user], maildir))
         return Job(
-            self.server.host,
-            port,
-            case.user,
-            self.server.users[case.user],
-            self.server.ca_file,
-            maildir,
-            state,
-            priming,
+            self.server.host, port, tuple(boxes), self.server.ca_file, state, priming, self.jobs
         )
 
     def clear(self) -> None:
@@ -607,12 +657,13 @@ class Bench:
         os.sync()
         try:
             wall, cpu, rss, code = run_child(argv, env, log)
-            delivered = count_maildir(job.maildir)
+            delivered = sum(count_maildir(box.maildir) for box in job.boxes)
         finally:
+            maildirs = job.boxes[0].maildir.parent
             if priming:
-                shutil.rmtree(job.maildir, ignore_errors=True)
+                shutil.rmtree(maildirs, ignore_errors=True)
             else:
-                self.filled.append(job.maildir)
+                self.filled.append(maildirs)
             if fresh:
                 shutil.rmtree(job.state, ignore_errors=True)
         return Run(wall, cpu, rss, code, delivered, log)
@@ -812,6 +863,14 @@ def report(
     module = startup(fetchpop.argv("--version"), env)
     print(f"\nMedians; {os.cpu_count()} CPUs, {platform.platform()}\n")
     print(table(results, names, {t.name for t in installed}))
+    for key, cells in results.items():
+        if CASES[key].accounts > 1:
+            each = [
+                f"{name} {median_of(cell.runs, 'cpu') / CASES[key].accounts * 1000:.1f} ms"
+                for name, cell in cells.items()
+                if cell.runs
+            ]
+            print(f"\nCPU per account, {CASES[key].title}: {', '.join(each)}")
     print(f"\nStartup, median of 20 runs, with {fetchpop.python}:")
     print(f"- `python3 -m fetchpop --version`: {module * 1000:.0f} ms")
     print(f"- `python3 -c pass`: {python * 1000:.0f} ms")
@@ -832,7 +891,9 @@ def report(
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--cases", default="A,B,C,D,E", help="A,B,C,D,E (E = E1,E2)")
+    parser.add_argument("--cases", default="A,B,C,D,E", help="A,B,C,D,E,F,G (E = E1,E2; G = G1,G2)")
+    parser.add_argument("--accounts", type=int, default=300, help="mailboxes in case G")
+    parser.add_argument("--jobs", type=int, default=16, help="fetchpop's --jobs in case G")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--tools", default=",".join(TOOLS))
     parser.add_argument(
@@ -864,7 +925,13 @@ def parse_args() -> argparse.Namespace:
     args = parser.parse_args()
     args.keys = []
     for key in args.cases.upper().split(","):
-        args.keys.extend(["E1", "E2"] if key == "E" else [key])
+        args.keys.extend(GROUPS.get(key, [key]))
+    for key in ("G1", "G2"):
+        case = CASES[key]
+        many = f"{args.accounts:,} accounts"
+        title = case.title.replace("300 accounts", many)
+        expect = case.expect and 3 * args.accounts
+        CASES[key] = dataclasses.replace(case, accounts=args.accounts, title=title, expect=expect)
     args.names = args.tools.split(",")
     unknown = [k for k in args.keys if k not in CASES] + [n for n in args.names if n not in TOOLS]
     if unknown:
@@ -892,14 +959,15 @@ def main() -> int:
     try:
         issue_certificate(server)
         server.start()
-        for user in sorted({CASES[k].user for k in keys} | {WARM_UP.user}):
+        users = {u for k in keys for u in CASES[k].users()} | {WARM_UP.user}
+        for user in sorted(users):
             server.add_user(user, f"pw-{user}")
             server.add_messages(user, mailbox_messages(user))
             warm_up(server, user)
         if any(CASES[k].proxied for k in keys):
             proxy = DelayProxy(server.host, server.tls_port, HALF_RTT)
             proxy.start()
-        bench = Bench(server, workdir, proxy.port if proxy else None, scratch)
+        bench = Bench(server, workdir, proxy.port if proxy else None, scratch, args.jobs)
         for tool in [fetchpop] if args.profile else installed:
             run = bench.run(tool, WARM_UP)
             if problem(tool, WARM_UP, run):
