@@ -211,6 +211,12 @@ def _import_peer(tool: str, path: Path, seen: Path | None, name: str | None, dry
 
 # -- first run ---------------------------------------------------------------------
 
+#: Where init looks for the server when no port is given: (tls, port).
+USUAL_PORTS: tuple[tuple[str, int], ...] = (("implicit", 995), ("starttls", 110))
+SERVER = "POP3 server (host, or host:port)"
+#: How many times init asks again for what failed (the server, the password).
+ROUNDS = 3
+
 
 @main.command()
 @click.option("--name", help="The new account's name (default: from the address).")
@@ -221,32 +227,31 @@ def _import_peer(tool: str, path: Path, seen: Path | None, name: str | None, dry
     help="Also trust this CA (or self-signed certificate) while probing, and keep it.",
 )
 def init(name: str | None, port: int | None, ca_file: Path | None) -> None:
-    """Set up a first account: probe the server, try the login, write the config."""
+    """Set up a first account: find the server, try the login, write the config."""
     env = current_env()
 
     def run() -> int:
         from fetchpop.config import find_config_path
+        from fetchpop.config.writer import existing_names
         from fetchpop.errors import ConfigError
 
         out = env.stdout
         config_path = find_config_path(env.config_option, env.environ)
-        address = click.prompt("Your e-mail address").strip()
+        address = _ask("Your e-mail address").strip()
         domain = address.rpartition("@")[2] or address
-        host = click.prompt("POP3 server", default=f"pop.{domain}").strip()
-        user = click.prompt("User name", default=address).strip()
         acct_name = name or _account_name(domain)
-        from fetchpop.importers.output import existing_names
-
         if acct_name in existing_names(config_path):
             raise ConfigError(f"{config_path}: account {acct_name!r} already exists; use --name")
-        found = _probe_server(env, acct_name, host, user, port, ca_file)
-        print(f"{host}: {found[1]} on port {found[0].port}", file=out)
-        account = _login_interactively(env, found[0])
-        deliver = click.prompt("Deliver mail to", default=f"maildir:~/Mail/{acct_name}")
-        keep = click.confirm("Leave messages on the server (for other devices)?", default=True)
+        answer = _ask(SERVER, default=f"pop.{domain}")
+        user = _ask("User name", default=address).strip()
+        account, found = _find_server(env, acct_name, answer, user, port, ca_file)
+        print(f"{account.host}: {found} on port {account.port}", file=out)
+        account = _login_interactively(env, account)
+        deliver = _ask_deliver(env, acct_name)
+        keep = _confirm("Leave messages on the server (for other devices)?", default=True)
         keys: dict[str, object] = {
-            "host": host,
-            "user": user,
+            "host": account.host,
+            "user": account.user,
             "port": account.port,
             "tls": account.tls,
             "deliver": deliver,
@@ -263,27 +268,99 @@ def init(name: str | None, port: int | None, ca_file: Path | None) -> None:
     guard(env, run)
 
 
+def _ask(question: str, default: str | None = None, show_default: bool = True) -> str:
+    """The answer to *question* (click's prompt); the input ending is a usage error."""
+    from fetchpop.errors import UsageError
+
+    try:
+        return str(click.prompt(question, default=default, show_default=show_default))
+    except click.Abort:
+        raise UsageError(f"init stopped: no answer to {question!r}") from None
+
+
+def _confirm(question: str, default: bool) -> bool:
+    from fetchpop.errors import UsageError
+
+    try:
+        return click.confirm(question, default=default)
+    except click.Abort:
+        raise UsageError(f"init stopped: no answer to {question!r}") from None
+
+
 def _account_name(domain: str) -> str:
     import re
 
     return re.sub(r"[^A-Za-z0-9._-]+", "_", domain.split(".")[0]).strip("_") or "mail"
 
 
+def _host_port(answer: str) -> tuple[str, int | None]:
+    """``pop.example.org:1995`` -> (host, 1995); a bare host (or IPv6 address) -> (host, None)."""
+    from fetchpop.errors import UsageError
+
+    text = answer.strip()
+    host, colon, port = text.rpartition(":")
+    if not colon or not port.isdigit() or ":" in host.strip("[]"):
+        return text.strip("[]"), None
+    if not 1 <= int(port) <= 65535:
+        raise UsageError(f"{answer!r}: the port must be 1 to 65535")
+    return host.strip("[]"), int(port)
+
+
+def _find_server(
+    env: Environment, name: str, answer: str, user: str, port: int | None, ca_file: Path | None
+) -> tuple[Account, str]:
+    """Probe the server the user named; when nothing answers, ask again for
+    the server only (up to ROUNDS times; at the end of the input, the
+    failure stands)."""
+    from fetchpop.errors import UsageError
+
+    for attempt in range(1, ROUNDS + 1):
+        try:
+            host, given = _host_port(answer)
+            return _probe_server(env, name, host, user, given or port, ca_file)
+        except (_NotFound, UsageError) as exc:
+            failure: FetchpopError = exc.error if isinstance(exc, _NotFound) else exc
+            env.error(one_line(failure))
+            if attempt == ROUNDS:
+                raise failure from None
+            how = "fetchpop init --port N tries only port N" if port is None else ""
+            print(
+                "Give the server again: its name, or host:port for another port"
+                + (f" ({how})" if how else "")
+                + ".",
+                file=env.stdout,
+            )
+            try:
+                answer = str(click.prompt(SERVER, default=answer))
+            except click.Abort:  # no more input: the failure is the answer
+                raise failure from None
+    raise AssertionError("unreachable")
+
+
+class _NotFound(Exception):
+    """No POP3 server with TLS where the user said: ask again (init only)."""
+
+    def __init__(self, error: FetchpopError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
 def _probe_server(
     env: Environment, name: str, host: str, user: str, port: int | None, ca_file: Path | None
 ) -> tuple[Account, str]:
-    """The first of implicit TLS (995) and STARTTLS (110) that the server speaks."""
-    from fetchpop.config import POP3_PORT, POP3S_PORT, Account
+    """The first way in that the server speaks: with *port*, implicit TLS then
+    STARTTLS on it; else the usual ports (USUAL_PORTS). Raises TLSError at
+    once (a certificate that does not verify is not a wrong guess), and
+    _NotFound when no try worked."""
+    from fetchpop.config import Account
     from fetchpop.deliver import DeliverySpec
-    from fetchpop.errors import TLSError, UnavailableError
+    from fetchpop.errors import NoHostError, TLSError, UnavailableError
     from fetchpop.sync import open_connection
 
-    tries: list[tuple[str, int]] = [
-        ("implicit", port or POP3S_PORT),
-        ("starttls", port or POP3_PORT),
-    ]
+    tries = [("implicit", port), ("starttls", port)] if port else list(USUAL_PORTS)
     failures = []
     for tls, number in tries:
+        what = "implicit TLS" if tls == "implicit" else "STARTTLS"
         account = Account(
             name=name,
             host=host,
@@ -300,15 +377,18 @@ def _probe_server(
             raise TLSError(
                 f"{exc}; if the server uses a self-signed certificate, give it with --ca-file"
             ) from None
+        except NoHostError as exc:
+            raise _NotFound(exc) from None  # no port will do better
         except FetchpopError as exc:
-            failures.append(f"{tls} TLS on port {number}: {one_line(exc)}")
+            failures.append(f"{what} on port {number}: {one_line(exc)}")
             continue
         info = client.transport.tls_info()
         sasl = " ".join((client.capabilities or {}).get("SASL", [])) or "none"
         client.quit()
-        what = "implicit TLS" if tls == "implicit" else "STARTTLS"
         return account, f"{what} ({info.version if info else '?'}), SASL mechanisms: {sasl}"
-    raise UnavailableError(f"found no POP3 server with TLS at {host}: " + "; ".join(failures))
+    raise _NotFound(
+        UnavailableError(f"found no POP3 server with TLS at {host}: " + "; ".join(failures))
+    )
 
 
 def _ask_secret(env: Environment, prompt: str) -> str:
@@ -316,17 +396,18 @@ def _ask_secret(env: Environment, prompt: str) -> str:
         import getpass
 
         return getpass.getpass(prompt)
-    return str(click.prompt(prompt, default="", show_default=False))
+    return _ask(prompt.rstrip(": "), default="", show_default=False)
 
 
 def _login_interactively(env: Environment, account: Account) -> Account:
-    """Ask for the password until the login works (three tries)."""
+    """Ask for the password until the login works (ROUNDS tries); after the
+    second failure, ask for the user name again too (it may be what is wrong)."""
     import dataclasses as dc
 
     from fetchpop.errors import AuthError
     from fetchpop.sync import connect
 
-    for attempt in range(3):
+    for attempt in range(1, ROUNDS + 1):
         secret = _ask_secret(env, f"Password for {account.user}@{account.host}: ")
 
         def password(secret: str = secret) -> str:
@@ -339,9 +420,28 @@ def _login_interactively(env: Environment, account: Account) -> Account:
             return dc.replace(account, password=secret)
         except AuthError as exc:
             env.error(one_line(exc))
-            if attempt == 2:
+            if attempt == ROUNDS:
                 raise
+        if attempt == ROUNDS - 1:
+            user = _ask("User name", default=account.user).strip()
+            account = dc.replace(account, user=user)
     raise AssertionError("unreachable")
+
+
+def _ask_deliver(env: Environment, name: str) -> str:
+    """Where to deliver, asked again until it is a valid ``deliver`` value."""
+    from fetchpop.deliver import parse_deliver
+
+    default = f"maildir:~/Mail/{name}"
+    while True:
+        answer = _ask("Deliver mail to", default=default).strip()
+        try:
+            parse_deliver(answer, env.environ)
+        except ValueError as exc:
+            env.error(f"deliver: {exc}")
+            default = default if ":" in answer else f"maildir:{answer}"
+            continue
+        return answer
 
 
 def _store_password(env: Environment, account: Account) -> dict[str, object]:
@@ -356,7 +456,7 @@ def _store_password(env: Environment, account: Account) -> dict[str, object]:
         return {}
     except UnavailableError as exc:
         env.error(one_line(exc))
-    if click.confirm("Put the password in the config file (readable by you only)?", default=False):
+    if _confirm("Put the password in the config file (readable by you only)?", default=False):
         return {"password": account.password}
     print(
         "No password stored: add password_command to the account "
@@ -367,13 +467,16 @@ def _store_password(env: Environment, account: Account) -> dict[str, object]:
 
 
 def _append_account(env: Environment, path: Path, name: str, keys: dict[str, object]) -> None:
-    from fetchpop.config.writer import merged_text, validate, write_config
-    from fetchpop.importers.common import ImportedAccount, ImportResult
-    from fetchpop.importers.output import check_names, render
+    from fetchpop.config.writer import (
+        account_table,
+        merged_text,
+        validate,
+        with_header,
+        write_config,
+    )
 
-    result = ImportResult("fetchpop init", path, [ImportedAccount(name, keys)])
-    check_names(path, result)
-    text = merged_text(path, render(result))
+    table = account_table(name, keys)
+    text = merged_text(path, with_header("fetchpop init", table))
     validate(path, text, env.environ)
     # A password makes the file private from its first byte (fetchpop also
     # refuses a password in a file others can read).

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+import time
 import tomllib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -84,6 +85,13 @@ def account_table(
             line = f"{key} = {_toml_value(keys[key])}"
             lines.append(f"{line}  # {comment(note)}" if note else line)
     return "\n".join(lines) + "\n"
+
+
+def with_header(tool: str, tables: str, *, stamp: str | None = None) -> str:
+    """*tables* under one comment line saying what wrote them, and when:
+    ``# Added by fetchpop init on 2026-12-03 17:45.``"""
+    when = stamp or time.strftime("%Y-%m-%d %H:%M")
+    return f"# Added by {comment(tool)} on {when}.\n{tables}"
 
 
 def existing_names(config_path: Path) -> set[str]:
