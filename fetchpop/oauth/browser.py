@@ -145,12 +145,15 @@ class _Redirect(http.server.BaseHTTPRequestHandler):
         self.wfile = self.connection.makefile("wb")
         self.slot = self.server.admit()
         self.head = self._read_head()
+        self.server.release(self.slot)  # read: no longer one of those pushed out
 
     def _read_head(self) -> bytes | None:
         """The request head; None if it did not come in time, b"" if too large."""
         deadline = time.monotonic() + READ_TIMEOUT
         data = b""
-        while b"\r\n\r\n" not in data and b"\n\n" not in data:
+        seen = 0  # what is before this holds no end of the head
+        while b"\r\n\r\n" not in data[seen:] and b"\n\n" not in data[seen:]:
+            seen = max(0, len(data) - 3)
             remaining = deadline - time.monotonic()
             if remaining <= 0 or self.slot.evicted:
                 return None
@@ -178,22 +181,20 @@ class _Redirect(http.server.BaseHTTPRequestHandler):
         self.rfile = io.BytesIO(self.head)
         super().handle()
 
-    def finish(self) -> None:
-        self.server.release(self.slot)
-        super().finish()
-
     def do_GET(self) -> None:
         status, text, pending = self.server.receive(self.path)
         page = _PAGE.format(text).encode("utf-8")
-        self.send_response(status)
-        self.send_header("Content-Type", "text/html; charset=utf-8")
-        self.send_header("Content-Length", str(len(page)))
-        self.send_header("Cache-Control", "no-store")
-        self.end_headers()
-        self.wfile.write(page)
-        self.wfile.flush()
-        if pending is not None:
-            pending.sent.set()
+        try:
+            self.send_response(status)
+            self.send_header("Content-Type", "text/html; charset=utf-8")
+            self.send_header("Content-Length", str(len(page)))
+            self.send_header("Cache-Control", "no-store")
+            self.end_headers()
+            self.wfile.write(page)
+            self.wfile.flush()
+        finally:
+            if pending is not None:
+                pending.sent.set()
 
     def log_message(self, format: str, *args: Any) -> None:
         pass  # The request line holds the authorization code: never log it.
