@@ -16,6 +16,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
+from fetchpop.errors import Interrupted
+
 if TYPE_CHECKING:
     from fetchpop.config import Account, Config
     from fetchpop.seenstore import SeenStore
@@ -119,7 +121,7 @@ class Environment:
                         provider_for(account),
                         OAuthTokenStore(account),
                         account_name=account.name,
-                        http=HttpClient(timeout=account.timeout),
+                        http=HttpClient(timeout=account.timeout, stop=Signals.reason_now),
                     )
                 )
             return tokens[0]()
@@ -127,30 +129,90 @@ class Environment:
         return get
 
 
-class Signals:
-    """SIGINT and SIGTERM during a sync: stop at the next safe point.
+#: Seconds the first SIGINT or SIGTERM lets the message in flight take to
+#: finish (and be recorded) before it is abandoned.
+GRACE = 5.0
 
-    The first signal lets the message in flight finish and be recorded (the
-    session calls :meth:`check` between messages); a second one stops at once,
-    and the delivery in flight is abandoned cleanly (its tmp file removed, its
-    intent left for the next run to resolve).
+
+class Signals:
+    """SIGINT and SIGTERM during a sync.
+
+    The first signal ends the run at once where nothing is in flight (waiting
+    for a greeting, the login, a listing: the transport asks
+    :meth:`stop_reason` every few tenths of a second), and otherwise lets the
+    message in flight finish and be recorded, for GRACE seconds at most (the
+    session calls :meth:`check` between messages); a message still coming
+    then is abandoned. A second signal stops at once. A message abandoned is
+    abandoned cleanly: its tmp file removed, its intent dropped, the message
+    left on the server, unrecorded. The first signal during a message says so
+    on stderr at once (unless -q).
     """
 
-    def __init__(self) -> None:
+    #: The installed instance (what the OAuth client asks; see Environment).
+    active: Signals | None = None
+
+    def __init__(self, env: Environment | None = None) -> None:
         self.received: int | None = None
+        self._count = 0
+        self._first = 0.0  # when the first signal came (monotonic)
+        self._env = env
+        self._note: str | None = None  # the acknowledgement, when it could not be written at once
 
     def install(self) -> None:
         import signal
 
+        from fetchpop.pop3.transport import set_stop_check
+
+        if self._env is None:
+            self._env = _current_environment()
         for signum in (signal.SIGINT, signal.SIGTERM):
             signal.signal(signum, self._handle)
+        set_stop_check(self.stop_reason)
+        Signals.active = self
 
     def _handle(self, signum: int, _frame: object) -> None:
-        from fetchpop.errors import Interrupted
+        from fetchpop.pop3.transport import message_in_flight
 
+        self._count += 1
         if self.received is not None:
             raise Interrupted(signum)
+        self._first = time.monotonic()
         self.received = signum
+        if message_in_flight():
+            self._acknowledge(signum)
+
+    def _acknowledge(self, signum: int) -> None:
+        """Say at once that the message in flight is being finished."""
+        env = self._env
+        if env is None or env.quiet:
+            return
+        again = "a second Ctrl-C" if signum == 2 else f"a second signal {signum}"
+        text = (
+            f"fetchpop: finishing the message in flight (at most {GRACE:g} s); "
+            f"{again} abandons it (it stays on the server, unrecorded)"
+        )
+        wipe = "\r" + " " * 60 + "\r" if env.stderr_isatty else ""  # a progress line
+        try:
+            # Straight to the descriptor: a signal handler must not write
+            # into the buffer of a stream it may have interrupted.
+            fd = env.stderr.fileno()
+            os.write(fd, (wipe + text + "\n").encode("utf-8", "replace"))
+        except (OSError, ValueError, AttributeError):
+            self._note = text  # written at the next stop_reason, outside the handler
+
+    def stop_reason(self, in_flight: bool) -> BaseException | None:
+        """What to stop with now, or None: asked while fetchpop waits on a
+        server, *in_flight* saying whether a message is coming on that connection."""
+        if self.received is None:
+            return None
+        if self._note is not None and self._env is not None:
+            note, self._note = self._note, None
+            print(note, file=self._env.stderr, flush=True)
+        if self._count > 1 or not in_flight:
+            return Interrupted(self.received)
+        if time.monotonic() - self._first >= GRACE:
+            return Abandoned(self.received)
+        return None
 
     def sleep(self, seconds: float) -> bool:
         """Sleep, waking early for a signal; True when one arrived."""
@@ -161,7 +223,33 @@ class Signals:
 
     def check(self) -> None:
         """Raise Interrupted if a signal has arrived."""
-        from fetchpop.errors import Interrupted
-
         if self.received is not None:
             raise Interrupted(self.received)
+
+    @staticmethod
+    def reason_now() -> BaseException | None:
+        """The active instance's :meth:`stop_reason` with nothing in flight
+        (for the OAuth client), or None."""
+        active = Signals.active
+        return None if active is None else active.stop_reason(False)
+
+
+def _current_environment() -> Environment | None:
+    """The Environment of the click command being run, if any."""
+    import click
+
+    ctx = click.get_current_context(silent=True)
+    obj = ctx.find_object(Environment) if ctx is not None else None
+    return obj if isinstance(obj, Environment) else None
+
+
+class Abandoned(Interrupted):
+    """The first signal's grace ran out with a message still coming: it was
+    abandoned (it stays on the server, unrecorded)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.args = (
+            f"interrupted by signal {signum}; the message in flight was abandoned "
+            f"after {GRACE:g} s (it stays on the server)",
+        )

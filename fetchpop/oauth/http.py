@@ -4,8 +4,10 @@ After :mod:`fetchpop.pop3.transport`, this is the second module of fetchpop
 allowed to use sockets and ssl (through urllib and http.client of the
 standard library). It sends HTTPS POSTs to OAuth2 endpoints: TLS verified
 (``ssl.create_default_context``, which honours ``SSL_CERT_FILE``), TLS 1.2 or
-later, a timeout on every connect and read, no redirects followed, responses
-capped at :data:`MAX_RESPONSE` bytes. An OAuth error response becomes an
+later, a timeout on every connect and read, and one for the whole request
+(REQUEST_TIMEOUTS times the timeout: a server that drips its answer a byte
+at a time cannot hold fetchpop), no redirects followed, responses capped at
+:data:`MAX_RESPONSE` bytes. An OAuth error response becomes an
 :class:`~fetchpop.oauth.errors.OAuthError`, other HTTP failures and malformed
 JSON their own typed errors, and network failures fetchpop's transport errors
 (NoHostError, ConnectError, ServerTimeoutError, TLSError ...).
@@ -17,10 +19,14 @@ the browser's redirect on 127.0.0.1 and sends nothing anywhere.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import http.client
 import json
 import socket
 import ssl
+import threading
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -45,6 +51,14 @@ from fetchpop.oauth.errors import _no_hint, _oauth_error
 
 #: Largest HTTP response body read from an OAuth2 endpoint.
 MAX_RESPONSE = 1024 * 1024
+#: A whole request (connect, TLS, the answer) may take this many timeouts.
+REQUEST_TIMEOUTS = 2
+#: Seconds between two looks at the deadline and the stop check.
+TICK = 0.2
+
+#: Asked while a request is under way: an exception to end it with (a
+#: signal's), or None.
+StopCheck = Callable[[], BaseException | None]
 
 
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
@@ -59,16 +73,22 @@ class HttpClient:
 
     *ca_file* trusts that CA only (for tests); by default the system store,
     and ``SSL_CERT_FILE`` / ``SSL_CERT_DIR`` when set. *timeout* bounds each
-    connect and read.
+    connect and read, and REQUEST_TIMEOUTS times it the whole request.
+    *stop*, asked every TICK seconds, ends a request with what it returns.
     """
 
-    def __init__(self, *, ca_file: Path | str | None = None, timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        *,
+        ca_file: Path | str | None = None,
+        timeout: float = 30.0,
+        stop: StopCheck | None = None,
+    ) -> None:
         context = ssl.create_default_context(cafile=None if ca_file is None else str(ca_file))
         context.minimum_version = ssl.TLSVersion.TLSv1_2
         self.timeout = timeout
-        self._opener = urllib.request.build_opener(
-            urllib.request.HTTPSHandler(context=context), _NoRedirect()
-        )
+        self._context = context
+        self._stop = stop
 
     def post_form(
         self,
@@ -117,8 +137,22 @@ class HttpClient:
     def _send(
         self, request: urllib.request.Request, what: str, host: str
     ) -> tuple[int, str, bytes]:
+        limit = REQUEST_TIMEOUTS * self.timeout
+        late = ServerTimeoutError(f"{what} failed: {host} took more than {limit:g} s to answer")
+        watch = _Watch(limit, late, self._stop)
+        opener = urllib.request.build_opener(_WatchedHTTPS(self._context, watch), _NoRedirect())
+        with watch:  # past the deadline, or told to stop: its reason, whatever happened
+            return self._exchange(opener, request, what, host)
+
+    def _exchange(
+        self,
+        opener: urllib.request.OpenerDirector,
+        request: urllib.request.Request,
+        what: str,
+        host: str,
+    ) -> tuple[int, str, bytes]:
         try:
-            with self._opener.open(request, timeout=self.timeout) as response:
+            with opener.open(request, timeout=self.timeout) as response:
                 return response.status, response.reason, _read_bounded(response, what, host)
         except urllib.error.HTTPError as exc:
             with exc:
@@ -127,6 +161,80 @@ class HttpClient:
             raise _network_error(exc.reason, what, host) from None
         except (OSError, http.client.HTTPException) as exc:
             raise _network_error(exc, what, host) from None
+
+
+class _Watch:
+    """A thread that ends a request past its deadline, or when *stop* says so:
+    it shuts the connection's socket down, so that whatever read or write
+    waits on it returns at once, and keeps the reason, which the request
+    raises instead of what the shut socket made of it."""
+
+    def __init__(self, limit: float, late: BaseException, stop: StopCheck | None) -> None:
+        self.reason: BaseException | None = None
+        self._deadline = time.monotonic() + limit
+        self._late = late
+        self._stop = stop
+        self._sock: socket.socket | None = None
+        self._lock = threading.Lock()
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="fetchpop-http-watch", daemon=True)
+
+    def __enter__(self) -> _Watch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._done.set()
+        self._thread.join()
+        if self.reason is not None:
+            raise self.reason from None
+
+    def watch(self, sock: socket.socket) -> None:
+        """The request's socket, now connected (shut at once if it is too late)."""
+        with self._lock:
+            self._sock = sock
+            if self.reason is not None:
+                _shut(sock)
+
+    def _run(self) -> None:
+        while not self._done.wait(min(TICK, max(0.0, self._deadline - time.monotonic()))):
+            reason = self._stop() if self._stop is not None else None
+            if reason is None and time.monotonic() >= self._deadline:
+                reason = self._late
+            if reason is not None:
+                with self._lock:
+                    self.reason = reason
+                    if self._sock is not None:
+                        _shut(self._sock)
+                return
+
+
+def _shut(sock: socket.socket) -> None:
+    # The plain socket's shutdown, on the descriptor: an SSLSocket's own
+    # would drop its TLS state under the thread that is reading.
+    with contextlib.suppress(OSError):
+        socket.socket.shutdown(sock, socket.SHUT_RDWR)
+
+
+class _WatchedConnection(http.client.HTTPSConnection):
+    def __init__(self, *args: Any, watch: _Watch, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._watch = watch
+
+    def connect(self) -> None:
+        super().connect()
+        self._watch.watch(self.sock)
+
+
+class _WatchedHTTPS(urllib.request.HTTPSHandler):
+    def __init__(self, context: ssl.SSLContext, watch: _Watch) -> None:
+        super().__init__(context=context)
+        self._watched_context = context
+        self._watch = watch
+
+    def https_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+        factory = functools.partial(_WatchedConnection, watch=self._watch)
+        return self.do_open(factory, req, context=self._watched_context)
 
 
 def _host_of(url: str) -> str:

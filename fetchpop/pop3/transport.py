@@ -6,6 +6,22 @@ verified against the system store plus an optional ``ca_file``, the host name
 is checked, and TLS 1.2 is the minimum. A pinned SHA-256 fingerprint replaces
 CA trust; it is compared right after the handshake, before a single command,
 let alone a credential, is sent.
+
+Bounds on waiting (RFC 1939 section 3 leaves them to the client). The
+account's ``timeout`` bounds each silence. A server that keeps a connection
+alive with a trickle (a byte every few seconds) is bounded too: once the
+bytes answering a command have begun, every ``timeout`` seconds of waiting
+must bring at least MIN_RATE bytes a second (:class:`TooSlowError`), so a
+reply or a message takes at most its size at that rate; and the login, from
+the TCP connection to the server's last ``+OK`` of it, may wait on the server
+LOGIN_TIMEOUTS times the timeout in all (:meth:`Transport.limit_waiting`).
+Time fetchpop spends elsewhere (a password prompt, writing a message) does
+not count.
+
+Signals (SIGINT, SIGTERM): every wait looks, every TICK seconds, at the stop
+check the program registered (:func:`set_stop_check`), telling it whether
+a message (a RETR or TOP reply) is in flight; what the check returns is
+raised. The socket is non-blocking underneath, and every wait is a poll().
 """
 
 from __future__ import annotations
@@ -21,7 +37,9 @@ import select
 import socket
 import ssl
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from fetchpop.errors import (
     ConnectError,
@@ -33,6 +51,24 @@ from fetchpop.errors import (
 )
 
 READ_SIZE = 256 * 1024
+#: Bytes handed to one send() call (one TLS record at most is 16 KB anyway).
+SEND_SIZE = 64 * 1024
+#: Seconds between two looks at the stop check while waiting.
+TICK = 0.2
+#: Bytes a second a server must keep up, over each ``timeout`` seconds of
+#: waiting once its answer has begun. A 2G modem line does 1 KB/s; a server
+#: answering pipelined DELEs sends 20-odd bytes each, so 6 a second pass.
+MIN_RATE = 128
+#: The login may wait on the server this many timeouts in all.
+LOGIN_TIMEOUTS = 3
+
+#: Asked while fetchpop waits on a server, with whether a message is in
+#: flight on that connection: an exception to raise (to stop), or None.
+StopCheck = Callable[[bool], BaseException | None]
+
+_stop_check: StopCheck | None = None
+# The transports (by id) that are reading a message now.
+_streaming: set[int] = set()
 # X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT and ..._LOCALLY: no trusted issuer found.
 _UNKNOWN_ISSUER = frozenset({2, 20})
 
@@ -48,6 +84,30 @@ _NOT_TLS = frozenset(
 
 class NotTLSError(TLSError):
     """The server did not answer the TLS handshake in TLS (a clear-text port?)."""
+
+
+class TooSlowError(ServerTimeoutError):
+    """The server keeps sending, but too slowly, or the login takes too long in all."""
+
+
+def set_stop_check(check: StopCheck | None) -> StopCheck | None:
+    """Register the process's stop check (a program's signal handling); returns
+    the one before. Every transport asks it while it waits."""
+    global _stop_check
+    before, _stop_check = _stop_check, check
+    return before
+
+
+def message_in_flight() -> bool:
+    """Whether some connection of this process is reading a message (RETR, TOP) now."""
+    return bool(_streaming)
+
+
+def _ask(check: StopCheck | None, in_flight: bool) -> None:
+    if check is not None:
+        reason = check(in_flight)
+        if reason is not None:
+            raise reason
 
 
 class UnknownIssuerError(TLSError):
@@ -139,14 +199,31 @@ def format_fingerprint(der: bytes) -> str:
 
 
 class Transport:
-    """A connected socket (plain or TLS) with a per-read timeout."""
+    """A connected socket (plain or TLS) with the bounds on waiting at the top.
 
-    def __init__(self, sock: socket.socket, host: str, timeout: float) -> None:
+    *stop* replaces the process's stop check (:func:`set_stop_check`) for
+    this connection.
+    """
+
+    def __init__(
+        self, sock: socket.socket, host: str, timeout: float, *, stop: StopCheck | None = None
+    ) -> None:
         self._sock = sock
         self.host = host
         self.timeout = timeout
         self._eof = False
-        sock.settimeout(timeout)
+        self._stop = stop
+        # Seconds spent waiting on the server, in all (the clock of the bounds).
+        self._waited = 0.0
+        # (waited, seconds, what): the waiting budget's end, its size, what it bounds.
+        self._budget: tuple[float, float, str] | None = None
+        self._asked = 0.0  # when the stop check was last asked (monotonic)
+        # The rate window: its start (on the waited clock) and the bytes in it;
+        # no window until the answer to the last command sent has begun.
+        self._window: float | None = None
+        self._window_bytes = 0
+        self._message = False  # a RETR or TOP reply is on its way
+        sock.settimeout(0.0)
 
     @classmethod
     def connect(
@@ -157,8 +234,13 @@ class Transport:
         timeout: float,
         tls: ssl.SSLContext | None = None,
         pinned: str | None = None,
+        login_within: float | None = None,
     ) -> Transport:
-        """Connect over TCP, then (with *tls*) do an implicit-TLS handshake."""
+        """Connect over TCP, then (with *tls*) do an implicit-TLS handshake.
+
+        *login_within*: the seconds of waiting the login may take once the TCP
+        connection stands, handshake included (see :meth:`limit_waiting`).
+        """
         try:
             infos = socket.getaddrinfo(_ascii_host(host), port, type=socket.SOCK_STREAM)
         except socket.gaierror as exc:
@@ -167,23 +249,41 @@ class Transport:
             raise NoHostError(f"host name {host} does not resolve") from exc
         last: OSError | None = None
         for family, kind, proto, _, addr in infos:
-            sock = socket.socket(family, kind, proto)
-            sock.settimeout(timeout)
+            transport = cls(socket.socket(family, kind, proto), host, timeout)
             try:
-                sock.connect(addr)
+                transport._connect(addr)
             except OSError as exc:
-                sock.close()
+                transport.close()
                 last = exc
                 continue
-            # Pipelined commands go out in whole batches already; Nagle's
-            # algorithm would only hold small ones back for an ACK.
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            transport = cls(sock, host, timeout)
+            except BaseException:
+                transport.close()
+                raise
+            if login_within is not None:
+                transport.limit_waiting(login_within, "the login")
             if tls is not None:
                 transport.start_tls(tls, pinned)
             return transport
         reason = _reason(last) if last else "no address"
         raise ConnectError(f"cannot connect to {host} port {port}: {reason}")
+
+    def _connect(self, addr: Any) -> None:
+        sock = self._sock
+        code = sock.connect_ex(addr)
+        if code in (errno.EINPROGRESS, errno.EAGAIN, errno.EWOULDBLOCK):
+            if not self._ready(select.POLLOUT, time.monotonic() + self.timeout):
+                raise TimeoutError(errno.ETIMEDOUT, "timed out")
+            code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if code:
+            raise OSError(code, os.strerror(code))
+        # Pipelined commands go out in whole batches already; Nagle's
+        # algorithm would only hold small ones back for an ACK.
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def limit_waiting(self, seconds: float | None, what: str = "") -> None:
+        """From now, wait on the server at most *seconds* in all (None: no
+        limit); past that, TooSlowError says that *what* took too long."""
+        self._budget = None if seconds is None else (self._waited + seconds, seconds, what)
 
     def start_tls(self, context: ssl.SSLContext, pinned: str | None = None) -> None:
         """Wrap the socket in TLS and verify the peer (by CA or by pin)."""
@@ -191,8 +291,8 @@ class Transport:
             self._sock = context.wrap_socket(
                 self._sock, server_hostname=_ascii_host(self.host), do_handshake_on_connect=False
             )
-            self._sock.settimeout(self.timeout)
-            self._sock.do_handshake()
+            self._sock.settimeout(0.0)
+            self._handshake()
         except ssl.SSLCertVerificationError as exc:
             self.close()
             cls = UnknownIssuerError if exc.verify_code in _UNKNOWN_ISSUER else TLSError
@@ -211,6 +311,9 @@ class Transport:
             raise (NotTLSError if not_tls else TLSError)(
                 f"TLS handshake with {self.host} failed: {what}"
             ) from exc
+        except BaseException:
+            self.close()
+            raise
         if pinned:
             der = self.peer_certificate()
             if der is None or not hmac.compare_digest(
@@ -221,6 +324,20 @@ class Transport:
                 raise TLSError(
                     f"TLS certificate of {self.host} does not match tls_fingerprint (got {got})"
                 )
+
+    def _handshake(self) -> None:
+        sock = self._sock
+        assert isinstance(sock, ssl.SSLSocket)
+        while True:
+            try:
+                sock.do_handshake()
+                return
+            except ssl.SSLWantReadError:
+                events = select.POLLIN
+            except ssl.SSLWantWriteError:
+                events = select.POLLOUT
+            if not self._ready(events, time.monotonic() + self.timeout):
+                raise TimeoutError(errno.ETIMEDOUT, "timed out")
 
     @property
     def is_tls(self) -> bool:
@@ -253,22 +370,79 @@ class Transport:
     def wait_readable(self, seconds: float) -> bool:
         """Whether the server has sent something (or closed) within *seconds*
         (before TLS: what TLS has buffered is not looked at)."""
-        return _readable(self._sock, seconds)
+        return self._ready(select.POLLIN, time.monotonic() + seconds)
+
+    def _ready(self, events: int, deadline: float) -> bool:
+        """Wait until the socket is ready for *events* (True) or *deadline*
+        (monotonic) has passed (False), looking at the stop check every TICK;
+        TooSlowError past the waiting budget."""
+        check = self._check()
+        poller = select.poll()
+        poller.register(self._sock, events)
+        while True:
+            self._asked = time.monotonic()
+            _ask(check, self._message)
+            now = time.monotonic()
+            left = deadline - now
+            if left <= 0:
+                return False
+            if self._budget is not None:
+                end, seconds, what = self._budget
+                if end <= self._waited:
+                    raise TooSlowError(
+                        f"{what or 'waiting'} took too long: {self.host} kept fetchpop "
+                        f"waiting {seconds:g} s in all"
+                    )
+                left = min(left, end - self._waited)
+            if check is not None:
+                left = min(left, TICK)
+            # poll, not select: select fails for descriptors beyond 1023
+            # (--jobs in a process with many files open).
+            ready = poller.poll(max(left, 0.0) * 1000)
+            self._waited += time.monotonic() - now
+            if ready:
+                return True
+
+    def _check(self) -> StopCheck | None:
+        return self._stop if self._stop is not None else _stop_check
 
     def send(self, data: bytes) -> None:
-        """Write all of *data*."""
-        try:
-            self._sock.sendall(data)
-        except TimeoutError as exc:
-            raise ServerTimeoutError(
-                f"server {self.host} stopped reading for {self.timeout:g} s"
-            ) from exc
-        except OSError as exc:
-            raise ConnectionLostError(f"connection to {self.host} lost: {_reason(exc)}") from exc
+        """Write all of *data*: a new command (or a batch of them).
+
+        A stop check that says stop is obeyed before anything goes out: no
+        answer to these commands is in flight yet.
+        """
+        _ask(self._check(), False)
+        self._message = data.startswith((b"RETR ", b"TOP "))
+        if self._message:
+            _streaming.add(id(self))
+        else:
+            _streaming.discard(id(self))
+        self._window = None  # the answer's thinking time is not a trickle
+        view, offset = memoryview(data), 0
+        deadline = time.monotonic() + self.timeout
+        while offset < len(view):
+            try:
+                # On a would-block, TLS needs the same bytes again (SSL_write).
+                offset += self._sock.send(view[offset : offset + SEND_SIZE])
+                deadline = time.monotonic() + self.timeout
+                continue
+            except (BlockingIOError, ssl.SSLWantWriteError):
+                events = select.POLLOUT
+            except ssl.SSLWantReadError:
+                events = select.POLLIN
+            except OSError as exc:
+                raise ConnectionLostError(
+                    f"connection to {self.host} lost: {_reason(exc)}"
+                ) from exc
+            if not self._ready(events, deadline):
+                raise ServerTimeoutError(
+                    f"server {self.host} stopped reading for {self.timeout:g} s"
+                )
 
     def recv(self, wait: float | None = None) -> bytes:
         """Read what is there (``b""`` at end of file), waiting at most the timeout
-        (or *wait* seconds).
+        (or *wait* seconds) for a first byte.
 
         After the first read, whatever else has already arrived is taken too
         (up to READ_SIZE): a TLS socket hands out one record (about 16 KB) a
@@ -276,36 +450,41 @@ class Transport:
         """
         if self._eof:
             return b""
-        try:
-            if wait is not None:
-                self._sock.settimeout(wait)
+        waited = self.timeout if wait is None else wait
+        deadline = time.monotonic() + waited
+        while True:
             try:
                 data = self._sock.recv(READ_SIZE)
-            finally:
-                if wait is not None:
-                    self._sock.settimeout(self.timeout)
-            if not data:
-                self._eof = True
-                return data
-            parts = [data]
-            if len(data) < READ_SIZE:
-                self._drain(parts, len(data))
-            return b"".join(parts) if len(parts) > 1 else data
-        except TimeoutError as exc:
-            waited = self.timeout if wait is None else wait
-            raise ServerTimeoutError(f"no reply from {self.host} for {waited:g} s") from exc
-        except ssl.SSLError as exc:
-            raise ConnectionLostError(f"TLS error from {self.host}: {_reason(exc)}") from exc
-        except OSError as exc:
-            raise ConnectionLostError(f"connection to {self.host} lost: {_reason(exc)}") from exc
+                break
+            except (BlockingIOError, ssl.SSLWantReadError):
+                events = select.POLLIN
+            except ssl.SSLWantWriteError:
+                events = select.POLLOUT
+            except ssl.SSLError as exc:
+                raise ConnectionLostError(f"TLS error from {self.host}: {_reason(exc)}") from exc
+            except OSError as exc:
+                raise ConnectionLostError(
+                    f"connection to {self.host} lost: {_reason(exc)}"
+                ) from exc
+            if not self._ready(events, deadline):
+                raise ServerTimeoutError(f"no reply from {self.host} for {waited:g} s")
+        if not data:
+            self._eof = True
+            return data
+        parts = [data]
+        if len(data) < READ_SIZE:
+            self._drain(parts, len(data))
+        if len(parts) > 1:
+            data = b"".join(parts)
+        self._arrived(len(data))
+        if time.monotonic() - self._asked >= TICK:  # a fast stream is asked too
+            self._asked = time.monotonic()
+            _ask(self._check(), self._message)
+        return data
 
     def _drain(self, parts: list[bytes], size: int) -> None:
         """Append to *parts* what has arrived already, without waiting for more."""
         sock = self._sock
-        # A socket with a timeout is non-blocking underneath: a zero timeout
-        # only stops the waiting, so a read with nothing there fails at once
-        # instead of costing a select() per TLS record.
-        sock.settimeout(0.0)
         try:
             while size < READ_SIZE:
                 more = sock.recv(READ_SIZE - size)
@@ -316,11 +495,30 @@ class Transport:
                 size += len(more)
         except (ssl.SSLWantReadError, ssl.SSLWantWriteError, BlockingIOError):
             pass  # nothing more for now (the next read waits, and finishes any TLS business)
-        finally:
-            sock.settimeout(self.timeout)
+        except OSError:
+            pass  # the next read says so
+
+    def _arrived(self, size: int) -> None:
+        """Count *size* bytes in the rate window; TooSlowError for a trickle."""
+        now = self._waited
+        if self._window is None:
+            self._window, self._window_bytes = now, size
+            return
+        self._window_bytes += size
+        span = now - self._window
+        if span < self.timeout:
+            return
+        if self._window_bytes < MIN_RATE * self.timeout:
+            raise TooSlowError(
+                f"{self.host} sends too slowly: {self._window_bytes} bytes in {span:.0f} s "
+                f"(fetchpop needs {MIN_RATE} bytes a second)"
+            )
+        self._window, self._window_bytes = now, 0
 
     def close(self) -> None:
         """Close the connection (without a TLS close_notify wait)."""
+        _streaming.discard(id(self))
+        self._message = False
         with contextlib.suppress(OSError):
             self._sock.close()
 
@@ -342,18 +540,17 @@ def first_words(host: str, port: int, *, quiet: float = 0.5, timeout: float = 3.
     with contextlib.suppress(ssl.SSLWantReadError):
         tls.do_handshake()
     hello = outgoing.read()
+    check = _stop_check
     try:
         with socket.create_connection((host, port), timeout) as sock:
-            if not _readable(sock, quiet):
+            if not _readable(sock, quiet, check):
                 sock.sendall(hello + b"\r\n\r\n")
             deadline = time.monotonic() + timeout
             data = b""
             while len(data) < 16 and (left := deadline - time.monotonic()) > 0:
-                sock.settimeout(left)
-                try:
-                    more = sock.recv(512)
-                except TimeoutError:
+                if not _readable(sock, left, check):
                     break
+                more = sock.recv(512)
                 if not more:
                     break
                 data += more
@@ -362,12 +559,18 @@ def first_words(host: str, port: int, *, quiet: float = 0.5, timeout: float = 3.
         return b""
 
 
-def _readable(sock: socket.socket, seconds: float) -> bool:
-    # poll, not select: select fails for descriptors beyond 1023 (--jobs in a
-    # process with many files open).
+def _readable(sock: socket.socket, seconds: float, check: StopCheck | None) -> bool:
+    """Whether *sock* is readable within *seconds*, asking *check* every TICK."""
     poller = select.poll()
     poller.register(sock, select.POLLIN)
-    return bool(poller.poll(seconds * 1000))
+    deadline = time.monotonic() + seconds
+    while True:
+        _ask(check, False)
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return False
+        if poller.poll((left if check is None else min(left, TICK)) * 1000):
+            return True
 
 
 # OpenSSL's reason codes a user meets most, said in words.

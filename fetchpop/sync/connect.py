@@ -24,6 +24,7 @@ from fetchpop.pop3.client import Client, Log
 from fetchpop.pop3.listings import Capabilities
 from fetchpop.pop3.protocol import identify_service
 from fetchpop.pop3.transport import (
+    LOGIN_TIMEOUTS,
     NotTLSError,
     Transport,
     UnknownIssuerError,
@@ -59,6 +60,10 @@ def open_connection(
     goes out with the login (see :meth:`Client.assume_capabilities`).
 
     *pipelining* False: lock-step, whatever the server advertises.
+
+    From the TCP connection on, the login may wait on the server at most
+    LOGIN_TIMEOUTS times the timeout in all (see fetchpop/pop3/transport.py),
+    until :func:`connect` (or :func:`probe`) has logged in.
     """
     try:
         return _open_connection(account, log, seen_caps, whole_store, known, pipelining)
@@ -93,6 +98,8 @@ def _open_connection(
             timeout=account.timeout,
             tls=context if account.tls == "implicit" else None,
             pinned=account.tls_fingerprint,
+            # Greeting to logged in, however the server drips its replies.
+            login_within=LOGIN_TIMEOUTS * account.timeout,
         )
     except NotTLSError as exc:
         service = identify_service(first_words(account.host, account.port))
@@ -166,10 +173,18 @@ def connect(
         if meanwhile is not None:
             client.when_waiting(meanwhile)
         login(client, account, password)
+        _logged_in(client)
     except BaseException:
         client.close()
         raise
     return client
+
+
+def _logged_in(client: Client) -> None:
+    """The login's bound on waiting (see :func:`open_connection`) is over."""
+    limit = getattr(client.transport, "limit_waiting", None)  # tests' transports may lack it
+    if limit is not None:
+        limit(None)
 
 
 def probe(account: Account, password: PasswordSource, *, log: Log | None = None) -> dict[str, Any]:
@@ -191,6 +206,7 @@ def probe(account: Account, password: PasswordSource, *, log: Log | None = None)
         info["tls"] = dataclasses.asdict(tls)
     try:
         login(client, account, password)
+        _logged_in(client)
         caps["after_login"] = client.capa()
         client.quit()
     except FetchpopError as exc:
