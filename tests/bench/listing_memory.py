@@ -2,16 +2,18 @@
 """Memory and time of a big maildrop's listings: UIDL and LIST through the
 protocol, the parsers and the plan. Run by hand; it asserts nothing::
 
-    python3 tests/bench/listing_memory.py [N ...]     (default: 100000 1000000)
+    python3 tests/bench/listing_memory.py [--short] [N ...]  (default: 100000 1000000)
 
 Each N runs in a child process of its own, which builds the wire bytes of a
 UIDL and a LIST listing of N messages (Dovecot-like UIDLs, "00001a2b3c4d5e6f"
-plus the number), feeds them to a POP3Protocol in 64 KiB reads (as the
+plus the number; with --short, 8 hex digits as in the issue's 28 MB for a
+million messages), feeds them to a POP3Protocol in 64 KiB reads (as the
 client does), parses the listings (parse_uidl, parse_list), merges them
 (merge_listings) and plans against an empty seen-store (make_plan). It
 prints the wire size, the peak RSS (``ru_maxrss``) and the current one
-(/proc/self/statm) after each stage, and the seconds each took. Stages after a refusal (a listing over MAX_MESSAGES) are
-not run; the refusal line is printed instead.
+(/proc/self/statm) after each stage, and the seconds each took. Stages
+after a refusal (a listing over MAX_MESSAGES, or over the protocol's
+MAX_LISTING_SIZE) are not run; the refusal line is printed instead.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 
-def child(n: int) -> None:
+def child(n: int, short: bool) -> None:
     from fetchpop.config import Account
     from fetchpop.config.model import DeliverySpec
     from fetchpop.errors import FetchpopError
@@ -57,7 +59,8 @@ def child(n: int) -> None:
     uidl_wire, list_wire = bytearray(), bytearray()
     for at in range(1, n + 1, 10000):
         block = range(at, min(at + 10000, n + 1))
-        uidl_wire += b"".join([b"%d 00001a2b3c4d5e6f%08d\r\n" % (i, i) for i in block])
+        uid = b"%d %08x\r\n" if short else b"%d 00001a2b3c4d5e6f%08d\r\n"
+        uidl_wire += b"".join([uid % (i, i) for i in block])
         list_wire += b"".join([b"%d %d\r\n" % (i, 2000 + i % 50000) for i in block])
     wire = len(uidl_wire) + len(list_wire)
     print(f"  wire: UIDL + LIST = {wire / 2**20:.1f} MiB")
@@ -72,17 +75,22 @@ def child(n: int) -> None:
     proto.next_event()
     proto.next_event()
     listings = []
-    for command, data in (("UIDL", uidl_wire), ("LIST", list_wire)):
-        proto.send(command)
-        proto.receive_data(b"+OK\r\n")
-        event = proto.next_event()
-        for at in range(0, len(data), 65536):
-            proto.receive_data(bytes(data[at : at + 65536]))
+    try:
+        for command, data in (("UIDL", uidl_wire), ("LIST", list_wire)):
+            proto.send(command)
+            proto.receive_data(b"+OK\r\n")
             event = proto.next_event()
-        proto.receive_data(b".\r\n")
-        event = proto.next_event()
-        assert isinstance(event, Listing), event
-        listings.append(event.lines)
+            for at in range(0, len(data), 65536):
+                proto.receive_data(bytes(data[at : at + 65536]))
+                event = proto.next_event()
+            proto.receive_data(b".\r\n")
+            event = proto.next_event()
+            assert isinstance(event, Listing), event
+            listings.append(event.lines)
+    except FetchpopError as exc:
+        stage("protocol", t)
+        print(f"  refused: {exc}")
+        return
     del uidl_wire, list_wire, data
     t = stage("protocol: lines", t)
 
@@ -111,13 +119,16 @@ def child(n: int) -> None:
 
 
 def main() -> None:
-    if len(sys.argv) > 2 and sys.argv[1] == "--child":
-        child(int(sys.argv[2]))
+    args = sys.argv[1:]
+    if args[:1] == ["--child"]:
+        child(int(args[1]), args[2:] == ["--short"])
         return
-    counts = [int(a) for a in sys.argv[1:]] or [100_000, 1_000_000]
+    short = ["--short"] if "--short" in args else []
+    counts = [int(a) for a in args if a != "--short"] or [100_000, 1_000_000]
     for n in counts:
         env = dict(os.environ, PYTHONPATH=str(ROOT))
-        subprocess.run([sys.executable, __file__, "--child", str(n)], check=True, env=env)
+        command = [sys.executable, __file__, "--child", str(n), *short]
+        subprocess.run(command, check=True, env=env)
 
 
 if __name__ == "__main__":
