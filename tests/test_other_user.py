@@ -35,7 +35,7 @@ from pathlib import Path
 
 import pytest
 from fakepop import FakePOP3
-from runner import account_toml
+from runner import Home, account_toml
 
 ROOT = Path(__file__).resolve().parent.parent
 MESSAGE = b"From: a@example.org\r\nSubject: hello\r\n\r\nbody\r\n"
@@ -276,3 +276,49 @@ def test_a_symlink_planted_in_a_group_writable_spool_is_refused(users: Users, pl
     assert link.is_symlink() and os.readlink(link) == str(target)
     with contextlib.suppress(FileNotFoundError):
         assert not Path(f"{link}.lock").exists()
+
+
+def test_a_symlink_in_a_directory_only_you_can_write_is_followed(users: Users, place: Path) -> None:
+    """The rule's other side: the runner's own link, in the runner's own
+    directory, to the runner's own mbox, is delivered through."""
+    mail = directory(place / "mail", users.runner, 0o700)
+    target = mail / "inbox"
+    target.write_bytes(VICTIM_MBOX)
+    owned(target, users.runner, 0o600)
+    link = mail / "link"
+    link.symlink_to(target)
+    os.chown(link, users.runner.uid, users.runner.gid, follow_symlinks=False)
+    with FakePOP3([MESSAGE]) as server:
+        result = sync_as(users, place, server, f"mbox:{link}")
+    assert result.returncode == 0, result
+    assert target.read_bytes().startswith(VICTIM_MBOX)
+    assert b"Subject: hello" in target.read_bytes()
+
+
+def test_as_root_an_mbox_owned_by_another_user_is_written(
+    users: Users, place: Path, tmp_path: Path
+) -> None:
+    """ "Unless fetchpop runs as root": root delivering into a user's mbox (as a
+    system-wide fetch job does) appends, and the file stays the user's."""
+    victim_file = directory(place / "spool", users.victim, 0o755) / "victim"
+    victim_file.write_bytes(VICTIM_MBOX)
+    owned(victim_file, users.victim, 0o600)
+    home = Home(tmp_path / "home")
+    with FakePOP3([MESSAGE]) as server:
+        home.write_config(
+            account_toml(
+                "acct",
+                host=server.host,
+                port=server.port,
+                tls="off",
+                user="alice",
+                password="secret",
+                deliver=f"mbox:{victim_file}",
+                timeout=10,
+            )
+        )
+        result = home.run("sync")
+    assert result.code == 0, result
+    data, mode, uid = snapshot(victim_file)
+    assert data.startswith(VICTIM_MBOX) and b"Subject: hello" in data
+    assert (mode, uid) == (0o600, users.victim.uid)
