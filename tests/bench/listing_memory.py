@@ -2,7 +2,8 @@
 """Memory and time of a big maildrop's listings: UIDL and LIST through the
 protocol, the parsers and the plan. Run by hand; it asserts nothing::
 
-    python3 tests/bench/listing_memory.py [--short] [N ...]  (default: 100000 1000000)
+    python3 tests/bench/listing_memory.py [--short] [--parse-as-read] [N ...]
+                                          (default N: 100000 1000000)
 
 Each N runs in a child process of its own, which builds the wire bytes of a
 UIDL and a LIST listing of N messages (Dovecot-like UIDLs, "00001a2b3c4d5e6f"
@@ -14,6 +15,11 @@ prints the wire size, the peak RSS (``ru_maxrss``) and the current one
 (/proc/self/statm) after each stage, and the seconds each took. Stages
 after a refusal (a listing over MAX_MESSAGES, or over the protocol's
 MAX_LISTING_SIZE) are not run; the refusal line is printed instead.
+
+--parse-as-read parses each listing as soon as the protocol has it, so that
+UIDL's lines are gone before LIST's are read: what a client that parses in
+that order would cost (``Client.maildrop`` now reads all three listings
+first).
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 
-def child(n: int, short: bool) -> None:
+def child(n: int, short: bool, eager: bool) -> None:
     from fetchpop.config import Account
     from fetchpop.config.model import DeliverySpec
     from fetchpop.errors import FetchpopError
@@ -74,7 +80,8 @@ def child(n: int, short: bool) -> None:
     proto.receive_data(b"+OK\r\n+OK\r\n")
     proto.next_event()
     proto.next_event()
-    listings = []
+    listings: list[list[bytes]] = []
+    parsed: list[object] = []
     try:
         for command, data in (("UIDL", uidl_wire), ("LIST", list_wire)):
             proto.send(command)
@@ -86,22 +93,30 @@ def child(n: int, short: bool) -> None:
             proto.receive_data(b".\r\n")
             event = proto.next_event()
             assert isinstance(event, Listing), event
-            listings.append(event.lines)
+            if eager:  # parsed as soon as read: its lines are gone before LIST's come
+                parsed.append((parse_uidl if command == "UIDL" else parse_list)(event.lines))
+            else:
+                listings.append(event.lines)
+            del event
     except FetchpopError as exc:
         stage("protocol", t)
         print(f"  refused: {exc}")
         return
     del uidl_wire, list_wire, data
-    t = stage("protocol: lines", t)
-
-    try:
-        listing = parse_uidl(listings[0])
-        sizes = parse_list(listings[1])
-    except FetchpopError as exc:
-        print(f"  refused: {exc}")
-        return
-    del listings
-    t = stage("parse_uidl + parse_list", t)
+    if eager:
+        t = stage("protocol + parse, eagerly", t)
+        listing, sizes = parsed  # type: ignore[assignment]
+        del parsed
+    else:
+        t = stage("protocol: lines", t)
+        try:
+            listing = parse_uidl(listings[0])
+            sizes = parse_list(listings[1])
+        except FetchpopError as exc:
+            print(f"  refused: {exc}")
+            return
+        del listings
+        t = stage("parse_uidl + parse_list", t)
     messages, _ = merge_listings(listing, sizes)
     del listing, sizes
     t = stage("merge_listings", t)
@@ -120,14 +135,14 @@ def child(n: int, short: bool) -> None:
 
 def main() -> None:
     args = sys.argv[1:]
-    if args[:1] == ["--child"]:
-        child(int(args[1]), args[2:] == ["--short"])
+    flags = [a for a in args if a.startswith("--")]
+    if "--child" in flags:
+        child(int(args[1]), "--short" in flags, "--parse-as-read" in flags)
         return
-    short = ["--short"] if "--short" in args else []
-    counts = [int(a) for a in args if a != "--short"] or [100_000, 1_000_000]
+    counts = [int(a) for a in args if not a.startswith("--")] or [100_000, 1_000_000]
     for n in counts:
         env = dict(os.environ, PYTHONPATH=str(ROOT))
-        command = [sys.executable, __file__, "--child", str(n), *short]
+        command = [sys.executable, __file__, "--child", str(n), *flags]
         subprocess.run(command, check=True, env=env)
 
 
