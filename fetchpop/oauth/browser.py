@@ -354,6 +354,7 @@ def login_code(
     verifier = make_verifier()
     deadline = time.monotonic() + timeout
     refusal: OAuthError | None = None
+    shown = ""
     with _listen(port, state) as receiver:
         redirect_uri = receiver.redirect_uri
         url = authorization_url(
@@ -374,8 +375,10 @@ def login_code(
                     if tokens is not None:
                         value.sent.wait(READ_TIMEOUT)  # before this process may exit
                         return tokens
-                if show_error is not None:
-                    show_error(f"{refusal}; still waiting for a sign-in (Ctrl-C to stop)")
+                line = f"{refusal}; still waiting for a sign-in (Ctrl-C to stop)"
+                if show_error is not None and line != shown:  # a flood shows once
+                    show_error(line)
+                shown = line
         finally:
             receiver.close()
     if refusal is not None:
