@@ -67,15 +67,18 @@ def test_every_command_takes_the_global_options_after_it(
     out, err = capsys.readouterr()
     assert exited.value.code == 0, err
     assert out.startswith(f"Usage: fetchpop {' '.join(path)} ")
-    # Hidden there: documented once, as global options (fetchpop --help, fetchpop(1)).
+    # Not listed there, but said: they are global options (fetchpop --help, fetchpop(1)).
     assert "--verbose" not in out and "--quiet" not in out
+    assert out.rstrip().endswith(
+        "The global options -c, -v and -q may come here too (fetchpop --help)."
+    )
 
 
 def test_the_main_help_says_they_may_follow(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         run(["--help"])
     out = " ".join(capsys.readouterr().out.split())
-    assert "The options above may also follow the command: fetchpop sync -v." in out
+    assert "-c, -v, -q and --json may also follow the command: fetchpop sync -v." in out
     assert "-v, --verbose A summary line per account; -vv also a line per message" in out
 
 

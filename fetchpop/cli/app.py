@@ -79,6 +79,8 @@ def _global_options_after(cmd: click.Command) -> None:
     ]
     taken = {o for p in cmd.params for o in getattr(p, "opts", ())}
     cmd.params.extend(o for o in late if not taken & set(o.opts))
+    if cmd.epilog is None:
+        cmd.epilog = "The global options -c, -v and -q may come here too (fetchpop --help)."
 
 
 class GlobalOptionsGroup(click.Group):
@@ -112,7 +114,7 @@ def main(ctx: click.Context, config: str | None, verbose: int, quiet: bool, as_j
     A message is deleted from the server only after it has been durably
     delivered and recorded, and is never delivered twice.
 
-    The options above may also follow the command: fetchpop sync -v.
+    -c, -v, -q and --json may also follow the command: fetchpop sync -v.
     """
     env = ctx.obj if isinstance(ctx.obj, Environment) else Environment()  # tests inject one
     env.config_option, env.verbose, env.quiet = config, verbose, quiet
