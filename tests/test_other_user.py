@@ -44,9 +44,17 @@ VICTIM_MBOX = b"From victim@example.org Thu Jan  1 00:00:00 2026\nSubject: mine\
 LAUNCHER = """\
 import os, pkgutil, importlib, runpy, sys
 import fetchpop
-for mod in pkgutil.walk_packages(fetchpop.__path__, "fetchpop."):
-    if mod.name != "fetchpop.__main__":  # which would run the command, as root
+def modules(package):
+    # walk_packages without onerror stops at a package that fails to import.
+    prefix = package.__name__ + "."
+    return pkgutil.walk_packages(package.__path__, prefix, onerror=lambda name: None)
+for mod in modules(fetchpop):
+    if mod.name == "fetchpop.__main__":  # which would run the command, as root
+        continue
+    try:  # a module the command does not use may fail; one it uses fails it
         importlib.import_module(mod.name)
+    except Exception:
+        pass
 for name in {extra!r}:
     try:
         importlib.import_module(name)
