@@ -8,7 +8,8 @@ a credential ever reached the wire. Sections:
 2. STARTTLS, strictly: never skipped, never downgraded, no injection, no hang.
 3. Authentication against a real Dovecot: every password mechanism, auto's choice.
 4. OAuth2 (XOAUTH2, OAUTHBEARER) against the fake server.
-5. Leaks: no secret in output, transcript, seen-store or a child's argv.
+5. Leaks: no secret in output, transcript, seen-store or a child's argv,
+   from a server that says back what it was sent, too (more in test_echo.py).
 6. The config file: a password needs chmod 600; tls = "off" warns.
 7. ``serverinfo``: TLS details, and the fingerprint that pins.
 8. The keyring: ``password set`` and a password found at sync time.
@@ -42,6 +43,9 @@ from fakepop import (
     ERR_NO_TLS,
     OK_BEGIN_TLS,
     XOAUTH2_ERROR,
+    Action,
+    Command,
+    Conn,
     FakePOP3,
     Fault,
     Mailbox,
@@ -737,6 +741,105 @@ def wire_secrets(server: FakePOP3, count: int = 1) -> set[str]:
     return {s for s in found if len(s) >= 8}  # "" and "=" are everywhere
 
 
+def b64_inside(secret: str) -> set[str]:
+    """*secret*'s base64 inside a longer base64 string, at each of the three
+    alignments: the characters that stand for bytes of the secret alone."""
+    raw = secret.encode()
+    out = set()
+    for shift in range(3):
+        encoded = base64.b64encode(b"\0" * shift + raw).decode("ascii")
+        out.add(encoded[-(-4 * shift // 3) : 4 * (shift + len(raw)) // 3])
+    return out
+
+
+def scram_proofs(wire: set[str]) -> set[str]:
+    """The ClientProof of each SCRAM client-final message among *wire*'s base64 lines."""
+    proofs = set()
+    for line in wire:
+        text = base64.b64decode(line + "=" * (-len(line) % 4)).decode("latin-1")
+        if text.startswith("c=") and ",p=" in text:
+            proofs.add(text.rpartition(",p=")[2])
+    return proofs
+
+
+# Servers that say back what they were sent (issue 15, item 2).
+
+LOGIN_COMMAND = {"user": "PASS", "apop": "APOP"}  # else AUTH
+
+
+def credentials(conn: Conn) -> list[bytes]:
+    """What the client sent this session as credentials, as sent: PASS's and
+    APOP's argument, AUTH's initial response, each SASL response."""
+    out = []
+    for line in conn.session.commands:
+        word, _, rest = line.partition(b" ")
+        name = word.decode("latin-1").upper()
+        if name == "PASS":
+            out.append(rest)
+        elif name == "APOP":
+            out.append(rest.rpartition(b" ")[2])
+        elif name == "AUTH":
+            out.append(rest.partition(b" ")[2])
+        elif name not in POP3_COMMANDS:
+            out.append(line)
+    return [c for c in out if c not in (b"", b"=")]
+
+
+def everything_sent(conn: Conn, secret: str) -> bytes:
+    """All a careless server could say back: the secret, its base64 alone and
+    inside longer base64 strings, each credential as sent, each decoded."""
+    sent = credentials(conn)
+    decoded = []
+    for line in sent:
+        try:
+            data = base64.b64decode(line, validate=True)
+        except ValueError:
+            continue
+        decoded.append(data.replace(b"\r", b"").replace(b"\n", b""))
+    parts = [secret, b64(secret), b64("x" + secret + "y"), b64("xy" + secret + "z")]
+    return b" | ".join([*(p.encode() for p in parts), *sent, *decoded])
+
+
+def exchange(conn: Conn, cmd: Command) -> bytes:
+    """The server's last word to *cmd*: for AUTH, after the whole SASL
+    exchange (challenges sent, responses read and recorded as usual)."""
+    answer = conn.real(cmd)
+    while conn.sasl is not None:
+        conn.send(answer)
+        line = conn.readline()
+        if line is None:
+            return b""
+        conn.session.commands.append(line)
+        answer = conn.continue_sasl(line)
+    return answer
+
+
+def echo_ok(secret: str) -> Action:
+    """The normal reply, with every credential the client sent (and more, see
+    everything_sent) in its +OK line's text, once the client has sent one."""
+
+    def act(conn: Conn, cmd: Command) -> None:
+        answer = exchange(conn, cmd)
+        if answer.startswith(b"+OK") and credentials(conn):
+            rest = answer.partition(b"\r\n")[2]
+            answer = b"+OK you sent " + everything_sent(conn, secret) + b"\r\n" + rest
+        conn.send(answer)
+
+    return act
+
+
+def echo_err(secret: str, code: bytes = b"") -> Action:
+    """After the real exchange, ``-ERR`` saying back the secret and the last
+    credential sent: "invalid password 'SECRET' (b64 LAST)"."""
+
+    def act(conn: Conn, cmd: Command) -> None:
+        exchange(conn, cmd)
+        last = credentials(conn)[-1]
+        conn.send(b"-ERR %sinvalid password '%s' (b64 %s)\r\n" % (code, secret.encode(), last))
+
+    return act
+
+
 def assert_absent(forms: set[str], where: str, data: str | bytes) -> None:
     raw = data.encode() if isinstance(data, str) else data
     for form in forms:
@@ -747,11 +850,16 @@ def recorded(log: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in log.read_text().splitlines()]
 
 
+@pytest.mark.parametrize("echo", [False, True], ids=["quiet", "echoing"])
 @pytest.mark.parametrize("method", METHODS)
 def test_no_secret_leaks_from_a_verbose_sync(
-    method: str, ca: trustme.CA, ca_file: Path, home: Home, tmp_path: Path
+    method: str, echo: bool, ca: trustme.CA, ca_file: Path, home: Home, tmp_path: Path
 ) -> None:
+    """*echo*: the server says back every credential it was sent (and their
+    base64 forms) in each +OK after the login's, and in the login's own."""
     secret = TOKEN if method in OAUTH else SECRET
+    login = LOGIN_COMMAND.get(method, "AUTH")
+    echoes = [Fault(on, echo_ok(secret)) for on in (login, "CAPA", "UIDL", "LIST", "RETR")]
     secret_file = tmp_path / "secret"
     secret_file.write_text(secret + "\n")
     tools = tmp_path / "tools"
@@ -762,7 +870,11 @@ def test_no_secret_leaks_from_a_verbose_sync(
     out.mkdir()
     command = f"{sys.executable} {tools / 'pwcmd.py'} {secret_file} {tools / 'pwcmd.log'}"
     mda = f"{sys.executable} {tools / 'mda.py'} {out} {tools / 'mda.log'}"
-    with serving(tls_context=make_server_context(ca, "localhost"), implicit_tls=True) as server:
+    with serving(
+        tls_context=make_server_context(ca, "localhost"),
+        implicit_tls=True,
+        faults=echoes if echo else [],
+    ) as server:
         home.write_config(
             fake_account(
                 server,
@@ -777,8 +889,11 @@ def test_no_secret_leaks_from_a_verbose_sync(
         result = home.run("-vv", "sync")
         assert result.code == 0, result
         assert server.sessions[0].user == USER
-        forms = secret_forms(server.port) | wire_secrets(server)
-        assert wire_secrets(server), "no credential crossed the wire?"
+        wire = wire_secrets(server)
+        forms = secret_forms(server.port) | wire | b64_inside(secret) | scram_proofs(wire)
+        assert wire, "no credential crossed the wire?"
+    if echo:  # what was said back is in the transcript, hidden
+        assert sum(line.startswith("S: +OK you sent ***") for line in transcript(result)) >= 5
     assert [p.read_bytes() for p in out.iterdir()] == [MESSAGE]
     assert logins(transcript(result)), result  # the login is in the transcript, hidden
     assert_absent(forms, "stdout", result.stdout)
