@@ -89,3 +89,114 @@ def test_second_signal_abandons_message_cleanly(tmp_path: Path) -> None:
         assert home.seen_uidls() == set()
         assert home.run("sync").code == 0
     assert maildir_messages(mail) == sorted(MESSAGES)
+
+
+# -- a signal while nothing is in flight, and the grace of a message in flight ----------
+
+#: A timeout far above what the signal tests wait: a run that ends long
+#: before it was ended by the signal, not by a timeout.
+LONG_TIMEOUT = 30
+#: Seconds the first signal lets a message in flight take (fetchpop.cli.env).
+GRACE = 5.0
+
+
+def _long_config(server: FakePOP3, mail: Path) -> str:
+    return account_toml(
+        "slow",
+        host=server.host,
+        port=server.port,
+        tls="off",
+        user="alice",
+        password="secret",
+        deliver=f"maildir:{mail}",
+        keep=False,
+        timeout=LONG_TIMEOUT,
+    )
+
+
+@pytest.mark.parametrize(("signum", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+@pytest.mark.parametrize("after", [0.5, 6.0], ids=["probing", "reading"])
+def test_signal_during_a_greeting_that_never_comes_ends_the_run_at_once(
+    tmp_path: Path, signum: int, code: int, after: float
+) -> None:
+    """Nothing in flight: the run ends at once, not when the read times out.
+    (0.5 s: while fetchpop looks whether the port speaks something else;
+    6 s: while it reads the greeting.)"""
+    from fakepop import stall
+
+    home = Home(tmp_path / "home")
+    mail = tmp_path / "Mail"
+    with FakePOP3(MESSAGES, faults=[Fault("greeting", stall())]) as server:
+        home.write_config(_long_config(server, mail))
+        proc = home.popen("sync")
+        _wait_for(lambda: len(server.sessions) >= 1)
+        time.sleep(after)
+        sent = time.monotonic()
+        proc.send_signal(signum)
+        _, stderr = proc.communicate(timeout=LONG_TIMEOUT + 30)
+        took = time.monotonic() - sent
+    assert proc.returncode == code, stderr
+    assert took < 10, f"{took:.1f} s after the signal\n{stderr}"
+    assert f"slow: interrupted by signal {int(signum)}" in stderr
+    assert "internal error" not in stderr
+    assert "finishing the message" not in stderr  # none was in flight
+    assert home.seen_uidls() == set()
+
+
+@pytest.mark.parametrize(
+    ("signum", "code", "again"),
+    [(signal.SIGTERM, 143, "a second signal 15"), (signal.SIGINT, 130, "a second Ctrl-C")],
+)
+def test_first_signal_abandons_a_slow_message_after_the_grace(
+    tmp_path: Path, signum: int, code: int, again: str
+) -> None:
+    """A message far slower than the grace: said at once, abandoned after the
+    grace, left on the server unrecorded; what came before it is recorded."""
+    home = Home(tmp_path / "home")
+    mail = tmp_path / "Mail"
+    big = b"Subject: big\n\n" + b"a line of a big slow message\n" * 7000  # ~200 KB
+    messages = [MESSAGES[0], big]
+    # 10 KB/s: far above any minimum rate, some 20 s in all.
+    faults = [Fault(on="RETR 2", action=drip(bytes_per_second=10_000, chunk=500), times=1)]
+    with FakePOP3(messages, faults=faults) as server:
+        home.write_config(_long_config(server, mail))
+        proc = home.popen("sync")
+        _wait_for(lambda: _count(mail / "tmp") == 2)
+        sent = time.monotonic()
+        proc.send_signal(signum)
+        _, stderr = proc.communicate(timeout=60)
+        took = time.monotonic() - sent
+        assert proc.returncode == code, stderr
+        lines = [line for line in stderr.splitlines() if "warning" not in line]
+        assert lines == [
+            f"fetchpop: finishing the message in flight (at most {GRACE:g} s); "
+            f"{again} abandons it (it stays on the server, unrecorded)",
+            f"fetchpop: slow: interrupted by signal {int(signum)}; the message in flight "
+            f"was abandoned after {GRACE:g} s (it stays on the server)",
+        ], stderr
+        assert "internal error" not in stderr
+        assert GRACE - 1 < took < GRACE + 10, f"{took:.1f} s after the signal"
+        assert maildir_messages(mail) == [MESSAGES[0]]
+        assert list((mail / "tmp").iterdir()) == []
+        assert home.seen_uidls() == {"uid-1"}
+        assert server.commands_named("DELE") == []
+        assert len(server.mailbox.messages) == 2
+
+        rerun = home.run("sync")
+        assert rerun.code == 0, rerun
+    assert maildir_messages(mail) == sorted(messages)
+    assert server.mailbox.messages == []
+
+
+def test_quiet_says_nothing_at_the_first_signal(tmp_path: Path) -> None:
+    home = Home(tmp_path / "home")
+    mail = tmp_path / "Mail"
+    faults = [Fault(on="RETR 2", action=drip(bytes_per_second=3000, chunk=100), times=1)]
+    with FakePOP3(MESSAGES, faults=faults) as server:
+        home.write_config(_long_config(server, mail))
+        proc = home.popen("-q", "sync")
+        _wait_for(lambda: _count(mail / "tmp") == 2)
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 143, stderr
+    assert stderr.splitlines() == ["fetchpop: slow: interrupted by signal 15"]
