@@ -336,3 +336,35 @@ def test_read_only_maildir_is_a_delivery_error(tmp_path: Path) -> None:
     assert re.fullmatch(
         f"DeliveryError 73 cannot write to Maildir {tmp_path}/Mail: {READ_ONLY}\n", out
     )
+
+
+def test_a_maildir_symlink_planted_in_a_shared_directory_is_refused(tmp_path: Path) -> None:
+    """spool/alice -> a directory of the victim's, planted by another member of
+    a group-writable directory: nothing is made or written there."""
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    spool.chmod(0o2775)
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (spool / "alice").symlink_to(victim)
+    with pytest.raises(DeliveryError, match="is a symbolic link in a directory others can write"):
+        MaildirTarget(spool / "alice")
+    assert list(victim.iterdir()) == []
+
+
+def test_a_maildir_symlink_in_a_private_directory_is_followed(tmp_path: Path) -> None:
+    real = tmp_path / "real"
+    real.mkdir(mode=0o700)
+    (tmp_path / "Mail").symlink_to(real)
+    target = MaildirTarget(tmp_path / "Mail")
+    target.close()
+    assert sorted(p.name for p in real.iterdir()) == ["cur", "new", "tmp"]
+
+
+def test_a_file_where_maildir_new_should_be_is_refused(tmp_path: Path) -> None:
+    mail = tmp_path / "Mail"
+    for sub in ("cur", "tmp"):
+        (mail / sub).mkdir(parents=True)
+    (mail / "new").write_bytes(b"")
+    with pytest.raises(DeliveryError):
+        MaildirTarget(mail)

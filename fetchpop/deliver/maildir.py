@@ -27,13 +27,14 @@ import errno
 import itertools
 import os
 import socket
+import stat
 import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from fetchpop.deliver._oserror import fsync_dir, os_error
-from fetchpop.errors import FetchpopError, LocalProtocolError
+from fetchpop.errors import DeliveryError, FetchpopError, LocalProtocolError
 from fetchpop.paths import make_private_dirs as make_dirs
 
 if TYPE_CHECKING:
@@ -179,11 +180,40 @@ class MaildirTarget:
         self._active: set[MaildirDelivery] = set()  # begun, not finished
         self._finished: list[MaildirDelivery] = []  # finished, not yet flushed
         self._syncers: ThreadPoolExecutor | None = None  # made at the first flush
+        if os.path.lexists(path):  # checked before anything is made inside it
+            self._refuse_unsafe(str(path))
         for sub in (self.tmp, self.new, self.cur):
             try:
                 make_dirs(sub)
             except OSError as exc:
                 raise os_error(exc, f"cannot create Maildir {path}") from exc
+        for directory in (str(path), self.tmp, self.new, self.cur):
+            self._refuse_unsafe(directory)
+
+    def _refuse_unsafe(self, directory: str) -> None:
+        problem = self._unsafe(directory)
+        if problem:
+            raise DeliveryError(f"cannot write to Maildir {self.path}: {problem}; refusing it")
+
+    def _unsafe(self, directory: str) -> str | None:
+        """As for an mbox (deliver/mbox.py): a symbolic link in a directory
+        others can write to (in a shared spool another user could point it at
+        a directory of yours, or theirs), anything but a directory, or one
+        owned by someone else (unless fetchpop runs as root)."""
+        try:
+            if os.path.islink(directory):
+                parent = os.stat(os.path.dirname(directory) or ".")
+                if parent.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+                    return f"{directory} is a symbolic link in a directory others can write to"
+            info = os.stat(directory)
+        except OSError as exc:
+            raise self.error(exc) from exc
+        if not stat.S_ISDIR(info.st_mode):
+            return f"{directory} is not a directory"
+        euid = os.geteuid()
+        if euid != 0 and info.st_uid != euid:
+            return f"{directory} is owned by uid {info.st_uid}, not by you"
+        return None
 
     def error(self, exc: OSError) -> FetchpopError:
         """The fetchpop error for *exc* met while writing to this Maildir."""
