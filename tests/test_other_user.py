@@ -330,3 +330,22 @@ def test_as_root_an_mbox_owned_by_another_user_is_written(
     data, mode, uid = snapshot(victim_file)
     assert data.startswith(VICTIM_MBOX) and b"Subject: hello" in data
     assert (mode, uid) == (0o600, users.victim.uid)
+
+
+def test_a_maildir_owned_by_another_user_is_refused(users: Users, place: Path) -> None:
+    """The victim's Maildir (its directories mode 0777, so the kernel would let
+    us write) in a shared directory: nothing is made or written in it."""
+    shared = place / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    victim = directory(shared / "Maildir", users.victim, 0o777)
+    for sub in ("cur", "new", "tmp"):
+        directory(victim / sub, users.victim, 0o777)
+    with FakePOP3([MESSAGE]) as server:
+        result = sync_as(users, place, server, f"maildir:{victim}")
+    assert result.returncode == 73, result
+    assert result.stderr.splitlines()[-1:] == [
+        f"fetchpop: acct: cannot write to Maildir {victim}: {victim} is owned by uid "
+        f"{users.victim.uid}, not by you; refusing it"
+    ], result
+    assert all(list((victim / sub).iterdir()) == [] for sub in ("cur", "new", "tmp"))
