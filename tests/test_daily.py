@@ -295,3 +295,26 @@ def test_a_closed_stdout_ends_quietly(home: Home) -> None:
     proc.stderr.close()
     assert proc.wait(timeout=60) == 141
     assert stderr == b""
+
+
+def test_v_is_a_summary_line_not_a_line_per_message(
+    mailbox: DovecotUser, home: Home, tmp_path: Path
+) -> None:
+    """A first sync of many messages: -v says one line for the account (as
+    the README and fetchpop(1) promise), -vv a line per message besides."""
+    dc = mailbox.dovecot
+    dc.add_messages(mailbox.user, _msgs(60))
+    home.write_config(config(mailbox, f"maildir:{tmp_path / 'Mail'}"))
+    first = home.run("sync", "-v")
+    assert first.code == 0, first
+    [line] = first.stderr.splitlines()
+    assert line.startswith("home: 60 new message(s), ") and line.endswith(" 0 deleted, 0 skipped")
+    dc.add_messages(mailbox.user, _msgs(3, "late"))
+    second = home.run("-v", "sync", "-v")
+    assert second.code == 0, second
+    lines = second.stderr.splitlines()
+    assert [ln for ln in lines if ln.startswith("home: fetched message ")] == [
+        f"home: fetched message {n} (24 B), UIDL {uidl}"
+        for n, uidl in zip((61, 62, 63), dc.uidls(mailbox.user)[60:], strict=True)
+    ]
+    assert lines[-1].startswith("home: 3 new message(s), ")
