@@ -127,7 +127,7 @@ def describe(reply: Reply | Greeting) -> str:
 def said(ok: bool, text: bytes) -> str:
     """A status line as a user may see it: its *text* is safe already (the
     protocol made it so), and here only cut to 300 characters."""
-    return cut(("+OK " if ok else "-ERR ") + text.decode("utf-8"))
+    return cut(("+OK " if ok else "-ERR ") + text.decode("utf-8", "replace"))
 
 
 def retr_limit(size: int | None) -> int | None:
