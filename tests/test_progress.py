@@ -186,6 +186,20 @@ def test_the_bar_counts_and_leaves_only_the_summary(tmp_path: Path) -> None:
     assert Screen(output).lines == [WARNING, SUMMARY]
 
 
+def test_a_large_message_shows_its_own_progress_on_a_terminal(tmp_path: Path) -> None:
+    home = Home(tmp_path / "home")
+    big = b"Subject: big\n\n" + LINE * (2 * 1024 * 1024 // len(LINE))  # 2 MiB
+    faults = [Fault(on="RETR 1", action=drip(bytes_per_second=4 * 2**20, chunk=2**16), times=1)]
+    with FakePOP3([big], faults=faults) as server:
+        home.write_config(_config(server, tmp_path / "Mail"))
+        code, output, _ = on_a_terminal(home, "sync")
+    assert code == 0, output
+    drawn = frames(output)
+    own = [f for f in drawn if re.search(r", this message [\d.]+(/[\d.]+)? MiB( \(\d+%\))?$", f)]
+    assert own, drawn
+    assert Screen(output).lines == [WARNING]
+
+
 def test_ctrl_c_leaves_no_debris(tmp_path: Path) -> None:
     """The terminal echoes ^C after the bar; the line is wiped to its end
     (ESC[K) before anything is printed, so nothing of either is left."""

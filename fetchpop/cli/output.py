@@ -263,7 +263,8 @@ class ProgressBar:
         big = self._big_message()
         optional = [big] if big else []
         graphic = self._graphic(20) if self.total_octets else ""
-        for extra, gauge in ((optional, graphic), ([], graphic), ([], "")):
+        # A large message's own progress matters more than the gauge.
+        for extra, gauge in ((optional, graphic), (optional, ""), ([], graphic), ([], "")):
             head = f"{self.account} {gauge}" if gauge else f"{self.account}:"
             text = f"{head} {', '.join(parts + extra)}"
             if len(text) <= width:
