@@ -47,6 +47,7 @@ from fetchpop.errors import (
     LocalIOError,
     NoHostError,
     ServerTimeoutError,
+    TempFailError,
     TLSError,
 )
 
@@ -86,8 +87,12 @@ class NotTLSError(TLSError):
     """The server did not answer the TLS handshake in TLS (a clear-text port?)."""
 
 
-class TooSlowError(ServerTimeoutError):
-    """The server keeps sending, but too slowly, or the login takes too long in all."""
+class TooSlowError(TempFailError):
+    """The server keeps sending, but too slowly, or the login takes too long in all.
+
+    Not a ServerTimeoutError (a silence): a pipelining client takes a silence
+    between replies for commands the server lost, and a trickle is not that.
+    """
 
 
 def set_stop_check(check: StopCheck | None) -> StopCheck | None:
