@@ -200,3 +200,52 @@ def test_quiet_says_nothing_at_the_first_signal(tmp_path: Path) -> None:
         _, stderr = proc.communicate(timeout=30)
     assert proc.returncode == 143, stderr
     assert stderr.splitlines() == ["fetchpop: slow: interrupted by signal 15"]
+
+
+def test_on_a_terminal_the_acknowledgement_wipes_the_progress_line(tmp_path: Path) -> None:
+    """With stderr a terminal (a progress line may be showing), the line said
+    at the first Ctrl-C starts on a wiped line of its own."""
+    import os
+    import pty
+    import subprocess
+    import sys
+    import threading
+
+    home = Home(tmp_path / "home")
+    mail = tmp_path / "Mail"
+    faults = [Fault(on="RETR 2", action=drip(bytes_per_second=3000, chunk=100), times=1)]
+    with FakePOP3(MESSAGES, faults=faults) as server:
+        home.write_config(_long_config(server, mail))
+        leader, follower = pty.openpty()
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "fetchpop", "sync"],
+            env=home.env(),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=follower,
+        )
+        os.close(follower)
+        seen = bytearray()
+
+        def read() -> None:
+            while True:
+                try:
+                    data = os.read(leader, 4096)
+                except OSError:
+                    return
+                if not data:
+                    return
+                seen.extend(data)
+
+        reader = threading.Thread(target=read, daemon=True)
+        reader.start()
+        try:
+            _wait_for(lambda: _count(mail / "tmp") == 2)
+            proc.send_signal(signal.SIGINT)
+            assert proc.wait(timeout=30) == 130
+            reader.join(5)
+        finally:
+            os.close(leader)
+    text = bytes(seen).replace(b"\r\n", b"\n")  # the terminal's own line ends
+    ack = b"fetchpop: finishing the message in flight (at most 5 s); a second Ctrl-C abandons it"
+    assert b"\r" + b" " * 60 + b"\r" + ack in text, text
