@@ -137,9 +137,17 @@ def _unmount(mountpoint: Path) -> None:
             time.sleep(0.1)
 
 
-def copy_image(source: Path, dest: Path) -> None:
-    """The image as the loop device has written it so far (sparse, no sync)."""
+def copy_image(source: Path, dest: Path, *, check: bool = False) -> None:
+    """The image as the loop device has written it so far (sparse, no sync).
+
+    *check*: compare the copy with the source byte for byte afterwards; they
+    differ if something wrote to the device while it was copied (the copy
+    could then be torn), or if the copy skipped data it took for a hole.
+    """
     _run("cp", "--sparse=always", str(source), str(dest))
+    if check:
+        same = subprocess.run(["cmp", "-s", str(source), str(dest)], timeout=60, check=False)
+        assert same.returncode == 0, f"{source} changed while it was copied to {dest}"
 
 
 @dataclasses.dataclass(frozen=True)
