@@ -459,6 +459,9 @@ class Transport:
         while True:
             try:
                 data = self._sock.recv(READ_SIZE)
+                parts = [data]
+                if data and len(data) < READ_SIZE:
+                    self._drain(parts, len(data))
                 break
             except (BlockingIOError, ssl.SSLWantReadError):
                 events = select.POLLIN
@@ -475,9 +478,6 @@ class Transport:
         if not data:
             self._eof = True
             return data
-        parts = [data]
-        if len(data) < READ_SIZE:
-            self._drain(parts, len(data))
         if len(parts) > 1:
             data = b"".join(parts)
         self._arrived(len(data))
@@ -499,8 +499,6 @@ class Transport:
                 size += len(more)
         except (ssl.SSLWantReadError, ssl.SSLWantWriteError, BlockingIOError):
             pass  # nothing more for now (the next read waits, and finishes any TLS business)
-        except OSError:
-            pass  # the next read says so
 
     def _arrived(self, size: int) -> None:
         """Count *size* bytes in the rate window; TooSlowError for a trickle."""
