@@ -39,7 +39,7 @@ SYNC_CALLS = ("fsync", "fdatasync", "sync_file_range", "syncfs", "msync")
 #: program's back when it is renamed over another (auto_da_alloc).
 MOUNT_OPTIONS = "commit=3600,noauto_da_alloc"
 STRACE = shutil.which("strace")
-_TOOLS = ("mkfs.ext4", "losetup", "mount", "umount")
+_TOOLS = ("mkfs.ext4", "losetup", "mount", "umount", "cp", "cmp")
 _PATH = os.environ.get("PATH", os.defpath) + os.pathsep + "/usr/sbin:/sbin"
 
 
@@ -68,7 +68,8 @@ def _missing(scratch: Path) -> str | None:
         return "not root (loop devices and mount need it)"
     tools = [t for t in _TOOLS if _which(t) is None]
     if tools:
-        return f"{', '.join(tools)} not installed (apt-get install e2fsprogs util-linux mount)"
+        packages = "e2fsprogs util-linux mount coreutils diffutils"
+        return f"{', '.join(tools)} not installed (apt-get install {packages})"
     if STRACE is None:
         return "strace not installed (apt-get install strace)"
     image = scratch / "probe.img"
@@ -77,7 +78,7 @@ def _missing(scratch: Path) -> str | None:
         with mounted(image, scratch / "probe"):
             pass
     except OSError as exc:
-        return f"no loop devices here ({exc})"
+        return f"cannot mount an ext4 image through a loop device here ({exc})"
     finally:
         image.unlink(missing_ok=True)
     return None
@@ -187,6 +188,22 @@ def _tgid(tid: int) -> int | None:
     return None
 
 
+def _descends_from(pid: int, ancestor: int) -> bool:
+    """Whether *ancestor* is *pid*'s parent, or its parent's, and so on."""
+    for _ in range(64):
+        try:
+            status = Path(f"/proc/{pid}/status").read_text()
+        except (FileNotFoundError, ProcessLookupError):
+            return False
+        ppid = next(int(x.split()[1]) for x in status.splitlines() if x.startswith("PPid:"))
+        if ppid == ancestor:
+            return True
+        if ppid <= 1:
+            return False
+        pid = ppid
+    return False
+
+
 def _tasks(tgid: int) -> set[int]:
     try:
         return {int(t) for t in os.listdir(f"/proc/{tgid}/task")}
@@ -276,8 +293,10 @@ def step_through(
             # Something went wrong: end the traced processes (ours: strace
             # started them; by their pids), which may be stopped, then strace.
             for tid in reader.tids:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(tid, signal.SIGKILL)
+                tgid = _tgid(tid)
+                if tgid is not None and _descends_from(tgid, proc.pid):
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(tgid, signal.SIGKILL)
             proc.kill()
             proc.wait(timeout=60)
     return code, points, stderr_path.read_text(errors="replace")
