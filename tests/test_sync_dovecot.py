@@ -72,10 +72,10 @@ def test_hard_messages_into_maildir_once(
 
     late = b"From: late@example.org\nSubject: late\n\nonly this one\n"
     dc.add_message(mailbox.user, late)
-    third = home.run("-v", "sync")
+    third = home.run("-vv", "sync")
     assert third.code == 0, third
     assert "home: 1 new message(s)" in third.stderr
-    assert "home: fetched message 301 (" in third.stderr  # -v: a line per message
+    assert "home: fetched message 301 (" in third.stderr  # -vv: a line per message
     got = maildir_messages(mail)
     assert len(got) == 301 and late in got
     assert not list((mail / "tmp").iterdir())

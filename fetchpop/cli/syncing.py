@@ -147,9 +147,6 @@ def sync_one(
                 f'{account.name}: warning: tls = "off": password and mail cross '
                 "the network in clear text"
             )
-    hooks: dict[str, Any] = {}
-    if line.enabled and _accepts(run_account, "on_plan"):
-        hooks["on_plan"] = bar.plan  # the totals: what the session is about to fetch
     password = env.password_source(account)
 
     def asked() -> str:
@@ -169,20 +166,14 @@ def sync_one(
                 checkpoint=signals.check,
                 accept_new_uidls=accept_new_uidls,
                 on_message=message_hook(env, account.name, bar),
+                # the totals: what each session is about to fetch
+                on_plan=bar.plan if line.enabled else None,
                 now=env.clock,
-                **hooks,
             )
     finally:
         bar.done()  # wiped before any line is printed, even on a second Ctrl-C
     with line.above():
         return outcome.code, _report(env, account, outcome)
-
-
-def _accepts(func: Callable[..., object], keyword: str) -> bool:
-    """Whether *func* takes the keyword argument *keyword*."""
-    import inspect
-
-    return keyword in inspect.signature(func).parameters
 
 
 def _report(env: Environment, account: Account, outcome: AccountRun) -> dict[str, Any]:

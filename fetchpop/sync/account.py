@@ -52,6 +52,7 @@ def run_account(
     checkpoint: Callable[[], None] | None = None,
     accept_new_uidls: bool = False,
     on_message: Callable[[ServerMessage, int], None] | None = None,
+    on_plan: Callable[[list[ServerMessage]], None] | None = None,
     now: Callable[[], float] = time.time,
 ) -> AccountRun:
     """Sync *account* under its mailbox lock (waiting up to *wait* seconds for
@@ -75,6 +76,7 @@ def run_account(
                 checkpoint=checkpoint,
                 accept_new_uidls=accept_new_uidls,
                 on_message=on_message,
+                on_plan=on_plan,
                 now=now,
             )
             outcome.result = session.run()

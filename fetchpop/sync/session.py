@@ -133,6 +133,7 @@ class Session:
         checkpoint: Callable[[], None] | None = None,
         accept_new_uidls: bool = False,
         on_message: Callable[[ServerMessage, int], None] | None = None,
+        on_plan: Callable[[list[ServerMessage]], None] | None = None,
     ) -> None:
         self.account = account
         self.store = store
@@ -141,8 +142,10 @@ class Session:
         self.progress = progress
         self.now = now
         self.accept_new_uidls = accept_new_uidls
-        #: Told of each message delivered (not yet recorded), for ``-v``.
+        #: Told of each message delivered (not yet recorded), for ``-vv``.
         self.on_message = on_message
+        #: Told what each session is about to fetch (the progress bar's totals).
+        self.on_plan = on_plan
         #: The first per-message delivery failure; raised after the session.
         self.failure: FetchpopError | None = None
         # Called between messages; raises (Interrupted) to stop at a safe point.
@@ -325,6 +328,8 @@ class Session:
         self._note_skips(plan, known.problems)
         if self._undecided:
             plan.fetch = [m for m in plan.fetch if m.uidl not in self._undecided]
+        if self.on_plan:
+            self.on_plan(plan.fetch)
         try:
             self._fetch(client, target, plan.fetch, window)
         finally:
