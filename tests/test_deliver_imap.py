@@ -483,3 +483,67 @@ def test_strings_and_mailbox_names() -> None:
         frozenset({"LITERAL+"})
     )
     assert pieces[0][0] == b"A1 APPEND INBOX {3+}\r\n"
+
+
+# -- the keys ---------------------------------------------------------------------------
+
+
+def _load(tmp_path: Path, **keys: object) -> Any:
+    from fetchpop.config import load_config
+
+    base: dict[str, object] = {
+        "host": "pop.example.org",
+        "user": "alice",
+        "password": "x",
+        "deliver": "imap://alice@example.com@imap.example.com/Fetched",
+    }
+    base.update(keys)
+    path = tmp_path / "config.toml"
+    path.write_text(account_toml("home", **base))
+    path.chmod(0o600)
+    return load_config(path, environ={"HOME": str(tmp_path)}).accounts["home"]
+
+
+def test_imap_keys_travel_with_the_target(tmp_path: Path) -> None:
+    account = _load(
+        tmp_path,
+        imap_tls="starttls",
+        imap_auth="plain",
+        imap_password_command="printf 's3cret\\n'",
+        imap_flags="\\Seen $Fetched",
+        imap_keep_date=True,
+        timeout=7,
+    )
+    settings = account.deliver.imap
+    assert settings is not None
+    assert (settings.tls, settings.auth, settings.keep_date, settings.timeout) == (
+        "starttls", "plain", True, 7.0
+    )
+    assert settings.flags == ("\\Seen", "$Fetched")
+    assert settings.password_argv == ("printf", "s3cret\\n")
+    assert account.to_public_dict()["imap_flags"] == ["\\Seen", "$Fetched"]
+    assert format_deliver(account.deliver) == "imap://alice@example.com@imap.example.com/Fetched"
+
+    from fetchpop.secrets import get_imap_password, imap_keyring_username
+
+    assert get_imap_password(account) == "s3cret"
+    assert imap_keyring_username(account) == "alice@example.com@imap.example.com"
+
+
+@pytest.mark.parametrize(
+    ("keys", "pattern"),
+    [
+        ({"imap_auth": "xoauth2"}, r"needs imap_oauth_provider"),
+        ({"imap_oauth_provider": "google"}, r'needs imap_auth = "xoauth2"'),
+        ({"imap_flags": "\\Recent"}, r"is not an IMAP flag"),
+        ({"imap_flags": "a(b"}, r"is not an IMAP flag"),
+        ({"imap_tls": "ssl"}, r'must be one of "implicit"'),
+    ],
+)
+def test_imap_keys_refuse_what_cannot_work(
+    tmp_path: Path, keys: dict[str, object], pattern: str
+) -> None:
+    from fetchpop.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=pattern):
+        _load(tmp_path, **keys)
