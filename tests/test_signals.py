@@ -249,3 +249,29 @@ def test_on_a_terminal_the_acknowledgement_wipes_the_progress_line(tmp_path: Pat
     text = bytes(seen).replace(b"\r\n", b"\n")  # the terminal's own line ends
     ack = b"fetchpop: finishing the message in flight (at most 5 s); a second Ctrl-C abandons it"
     assert b"\r" + b" " * 60 + b"\r" + ack in text, text
+
+
+def test_stop_reason_at_once_unless_in_flight_then_after_the_grace() -> None:
+    """Signals' answer to the transport, step by step (no process, no signal sent)."""
+    from fetchpop.cli.env import GRACE as grace
+    from fetchpop.cli.env import Abandoned, Signals
+    from fetchpop.errors import ExitCode, Interrupted
+
+    signals = Signals()
+    assert signals.stop_reason(False) is None and signals.stop_reason(True) is None
+    signals._handle(signal.SIGTERM, None)
+    now = signals.stop_reason(False)
+    assert isinstance(now, Interrupted) and not isinstance(now, Abandoned)
+    assert now.exit_code == ExitCode.TERMINATED
+    assert signals.stop_reason(True) is None  # the message in flight may finish
+    signals._first -= grace  # the grace is over
+    late = signals.stop_reason(True)
+    assert isinstance(late, Abandoned) and late.exit_code == ExitCode.TERMINATED
+    assert str(late) == (
+        f"interrupted by signal 15; the message in flight was abandoned after {grace:g} s "
+        "(it stays on the server)"
+    )
+    signals._first += grace
+    with pytest.raises(Interrupted):
+        signals._handle(signal.SIGINT, None)  # a second signal: at once, everywhere
+    assert isinstance(signals.stop_reason(True), Interrupted)
