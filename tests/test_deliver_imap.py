@@ -172,6 +172,41 @@ def test_wrong_imap_password_deletes_nothing(imap_dovecot: Dovecot, home: Home) 
     assert _maildir_files(dst.maildir) == []
 
 
+@pytest.mark.dovecot
+def test_recovery_search_on_dovecot_finds_only_what_was_appended(imap_dovecot: Dovecot) -> None:
+    """What the next run after a crash asks Dovecot: the message appended
+    since the intent's UIDNEXT, with its Message-ID and size; not an older
+    copy, not another message with the same Message-ID."""
+    dc = imap_dovecot
+    dst = dc.new_mailbox("imap")
+    spec = parse_deliver(f"imap://{dst.user}@localhost:{dc.imaps_port}/INBOX")
+    spec = dataclasses.replace(spec, imap=ImapSettings(ca_file=dc.ca_file, password=dst.password))
+    old, new = MESSAGES[0], MESSAGES[1]
+    same_id_other = MESSAGES[1].replace(b"\n\n", b"\nX-Other: yes\n\n", 1)
+    target = open_target(spec)
+    first = target.begin("u0")
+    first.write(old)
+    first.finish()
+    (intent,) = target.reserve(1)
+    delivery = target.begin("u1", intent)
+    delivery.write(new)
+    delivery.finish()
+    assert delivery.receipt is not None and delivery.receipt[1] == 2  # APPENDUID
+    target.close()
+
+    again = open_target(spec)
+    try:
+        assert again.confirm(intent, [new]) is True
+        assert again.confirm(intent, [old]) is False  # there, but from before the intent
+        assert again.confirm(intent, [same_id_other]) is False  # same Message-ID, other size
+        assert again.confirm("999:1", [old]) is True  # UIDVALIDITY changed: the whole mailbox
+        assert again.damaged() == []
+        assert again.confirm(intent, [b"Subject: no id\n\nx\n"]) is False
+        assert any("without Message-ID" in line for line in again.damaged())
+    finally:
+        again.close()
+
+
 # -- scripted servers -------------------------------------------------------------------
 
 

@@ -318,19 +318,20 @@ class ImapTarget:
         return MessageRejectedError(where)
 
     def _settle(self, intent: str, header: _Header, lost: FetchpopError) -> None:
-        """The connection went after the whole message, before the answer: look."""
+        """The connection went after the whole message, before the answer: look.
+
+        An error raised from here with ``outcome_unknown`` set means the
+        message may be in the mailbox: its intent is worth keeping, for the
+        next run's recovery to look again (see :meth:`confirm`).
+        """
         mid = header.message_id()
         if mid is None:
-            raise type(lost)(
-                f"{lost}; the message (without Message-ID) may have been appended, "
-                "and is appended again next time (at least once)"
-            )
+            raise _unknown(lost, "the message (without Message-ID) may have been appended, "
+                           "and is appended again next time (at least once)")
         try:
             found = self._find(intent, mid, header.size)
         except FetchpopError:
-            raise type(lost)(
-                f"{lost}; whether the message was appended cannot be checked now"
-            ) from None
+            raise _unknown(lost, "whether the message was appended cannot be checked now") from None
         if not found:
             raise lost
 
@@ -387,6 +388,12 @@ class ImapTarget:
     def damaged(self) -> list[str]:
         lines, self._damaged = list(dict.fromkeys(self._damaged)), []
         return lines
+
+
+def _unknown(lost: FetchpopError, why: str) -> FetchpopError:
+    error = type(lost)(f"{lost}; {why}")
+    error.outcome_unknown = True  # type: ignore[attr-defined]
+    return error
 
 
 def _default_secret(settings: ImapSettings, user: str, host: str) -> str:
