@@ -242,6 +242,7 @@ def oauth_login(account: str, device: bool, no_browser: bool, port: int) -> None
                 http=http,
                 show_url=lambda url: _show_sign_in_url(env, acct.name, url, browser),
                 open_browser=_open_browser if browser else None,
+                show_error=lambda line: env.error(f"{acct.name}: {line}"),
                 port=port,
             )
         OAuthTokenStore(acct).save(tokens.to_record(provider))
