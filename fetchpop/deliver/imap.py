@@ -41,12 +41,11 @@ from fetchpop.deliver.base import Delivery
 from fetchpop.errors import (
     AuthError,
     ConfigError,
-    ConnectionLostError,
     DeliveryError,
     FetchpopError,
+    Interrupted,
     LocalProtocolError,
     MessageRejectedError,
-    ServerTimeoutError,
     TempFailError,
     sanitize,
 )
@@ -63,7 +62,9 @@ _TEMPORARY = frozenset({"OVERQUOTA", "UNAVAILABLE", "INUSE", "SERVERBUG", "LIMIT
 _OAUTH = ("xoauth2", "oauthbearer")
 _MESSAGE_ID = re.compile(rb"^message-id:[ \t]*(.*?)\s*$", re.IGNORECASE | re.MULTILINE)
 _DATE = re.compile(rb"^date:[ \t]*(.*?)\s*$", re.IGNORECASE | re.MULTILINE)
-_LOST = (ConnectionLostError, ServerTimeoutError)
+#: What the wait for APPEND's answer may end with when the connection fails
+#: (lost, silent, a trickle): TempFailError and its kinds.
+_LOST = (TempFailError,)
 
 
 class _Header:
@@ -306,6 +307,12 @@ class ImapTarget:
                     raise  # the server cannot have taken a message it did not get whole
                 self._settle(intent, header, exc)
                 return None
+            except Interrupted as exc:
+                # A signal between the literal and the answer: the server may
+                # have the message.
+                if sent:
+                    exc.outcome_unknown = True  # type: ignore[attr-defined]
+                raise
             from fetchpop.imap.protocol import appenduid
 
             return appenduid(response.code)
