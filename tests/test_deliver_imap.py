@@ -291,6 +291,8 @@ REFUSALS = [
     ("append-bad", [Fault("APPEND", "bad")], 76, r"APPEND is bad", 0),
     ("append-drop", [Fault("APPEND", "drop")], 75, r"closed by server", 0),
     ("login-drop", [Fault("LOGIN", "drop")], 75, r"closed by server", 0),
+    ("login-bad", [Fault("LOGIN", "bad")], 76, r"LOGIN is bad", 0),
+    ("capability-no", [Fault("CAPABILITY", "no")], 76, r"IMAP CAPABILITY refused", 0),
 ]
 
 
@@ -339,6 +341,34 @@ def test_trycreate_creates_the_mailbox_once(home: Home) -> None:
         assert result.code == 0, result
         assert imap.messages("Archive/2025") == [crlf(m) for m in MESSAGES]
         assert imap.names().count("CREATE") == 1
+
+
+def test_a_mailbox_that_cannot_be_created_fails_the_account(home: Home) -> None:
+    with servers(faults=[Fault("CREATE", "no", code="NOPERM")]) as (pop, imap):
+        configure(home, pop, imap, mailbox="Archive")
+        result = sync(home, pop)
+        assert result.code == 73, result
+        assert re.search(r"IMAP mailbox Archive cannot be created: NO \[NOPERM\]",
+                         result.stderr), result
+        assert dele(pop) == [] and imap.names().count("APPEND") == 0
+
+
+def test_sigkill_then_a_server_that_cannot_search_is_at_least_once_and_said(
+    home: Home,
+) -> None:
+    faults = [Fault("APPEND", "hold-after-literal"), Fault("UID SEARCH", "no", times=9)]
+    with servers(faults=faults) as (pop, imap):
+        configure(home, pop, imap)
+        _killed_mid_append(home, imap)
+        imap.faults[:1] = []
+        result = sync(home, pop)
+        assert result.code == 0, result
+        assert re.search(r"cannot search INBOX .* appended again \(at least once\)",
+                         result.stderr), result
+        got = imap.messages()
+        assert got.count(crlf(MESSAGES[0])) == 2
+        assert sorted(set(got)) == sorted(crlf(m) for m in MESSAGES)
+        assert pop.mailbox.messages == []
 
 
 def test_no_binary_a_nul_message_is_refused_and_stays(home: Home) -> None:
