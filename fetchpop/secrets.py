@@ -75,6 +75,65 @@ def get_password(
     raise AuthError(message)
 
 
+def get_smtp_password(account: Account, *, run: Runner | None = None) -> str:
+    """The password for ``smtp_user`` (an smtp: or lmtp: target's AUTH):
+    ``smtp_password_command``, then ``smtp_password`` in the (private) file.
+
+    Raises AuthError when the command fails or neither is set, ConfigError
+    when the password holds a control character.
+    """
+    if account.smtp_password_argv is not None:
+        from_command = _from_command(account.smtp_password_argv, account.timeout, run)
+        return _checked(from_command, account, "smtp_password_command")
+    if account.smtp_password is not None:
+        return _checked(account.smtp_password, account, "smtp_password")
+    raise AuthError(
+        f"no password for smtp_user {sanitize(account.smtp_user or '', limit=80)}: "
+        "set smtp_password_command (or smtp_password in a private config file)"
+    )
+
+
+def imap_keyring_username(account: Account) -> str:
+    """The keyring entry's username for an imap:// target: ``USER@HOST`` of the IMAP side."""
+    spec = account.deliver
+    return f"{spec.user}@{spec.host}"
+
+
+def get_imap_password(
+    account: Account, *, prompt: Prompt | None = None, run: Runner | None = None
+) -> str:
+    """The password for an ``imap://USER@HOST/...`` target, from the first
+    source that has one: ``imap_password_command``, ``imap_password`` in the
+    (private) file, the system keyring (``USER@HOST`` of the IMAP side), a
+    prompt. The session hands this to the target as its ``imap_secret``
+    (for an OAuth2 ``imap_auth`` the source is the IMAP side's access tokens).
+
+    Raises AuthError when the command fails or no source has a password,
+    ConfigError when the password holds a control character.
+    """
+    if account.imap_password_argv is not None:
+        from_command = _from_command(account.imap_password_argv, account.timeout, run)
+        return _checked(from_command, account, "imap_password_command")
+    if account.imap_password is not None:
+        return _checked(account.imap_password, account, "imap_password")
+    who = imap_keyring_username(account)
+    secret, keyring_problem = _from_keyring(who)
+    if secret:
+        return _checked(secret, account, "the system keyring")
+    if prompt is not None:
+        try:
+            secret = prompt(f"IMAP password for {who}: ")
+        except EOFError:
+            secret = ""
+        if not secret:
+            raise AuthError(f"no IMAP password entered for {who}")
+        return _checked(secret, account, "the prompt")
+    message = f"no IMAP password available for {who}: set imap_password_command"
+    if keyring_problem:
+        message += f" (the system keyring could not be used: {keyring_problem})"
+    raise AuthError(message)
+
+
 def _checked(secret: str, account: Account, source: str) -> str:
     """*secret*, if no control character is in it (the secret itself never shown)."""
     if has_control(secret):

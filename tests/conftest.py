@@ -77,6 +77,32 @@ def dovecot_factory() -> Iterator[Callable[..., Dovecot]]:
             server.stop()
 
 
+@pytest.fixture(scope="module")
+def lmtp_dovecot() -> Iterator[Dovecot]:
+    """A private Dovecot with its LMTP server (loopback port and unix socket,
+    Sieve where installed), shared by a module's tests: ``Dovecot(lmtp=True)``."""
+    require_dovecot()
+    server = Dovecot(lmtp=True)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def imap_dovecot() -> Iterator[Dovecot]:
+    """A private Dovecot serving POP3 and IMAP (UIDPLUS, LITERAL+, BINARY) on
+    loopback, shared by a module's tests: ``Dovecot(imap=True)``."""
+    require_dovecot()
+    server = Dovecot(imap=True)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
 # ------------------------------------------------------------ TLS (trustme) ----
 
 

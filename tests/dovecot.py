@@ -213,6 +213,11 @@ class Dovecot:
         default.  (A failed login itself is always answered after ~0.5 s.)
     :param extra_config: appended verbatim to the generated dovecot.conf
         (later settings win).
+    :param lmtp: also run Dovecot's LMTP server (``dovecot-lmtpd``) on
+        ``lmtp_port`` (loopback) and the unix socket ``lmtp_socket``,
+        delivering into the users' Maildirs, with the Sieve plugin
+        (``dovecot-sieve``) where installed: a user's ``~/.dovecot.sieve``
+        (see :meth:`set_sieve`) runs on each delivery.
     :param root_dir: directory to use instead of a fresh temporary one (it is
         not deleted on stop).
     :param keep_dir: keep the temporary directory after stop (for debugging;
@@ -239,6 +244,8 @@ class Dovecot:
         ssl_mode: str = "yes",
         auth_penalty: bool = False,
         extra_config: str = "",
+        lmtp: bool = False,
+        imap: bool = False,
         root_dir: Path | None = None,
         keep_dir: bool = False,
     ) -> None:
@@ -251,6 +258,11 @@ class Dovecot:
         self.ssl_mode = ssl_mode
         self.auth_penalty = auth_penalty
         self.extra_config = extra_config
+        self.lmtp = lmtp
+        #: With ``imap=True``: IMAP (STARTTLS offered) and IMAPS ports on loopback.
+        self.imap = imap
+        self.imap_port = self.imaps_port = 0
+        self.lmtp_port = 0
         self.ca = trustme.CA()
         self.keep_dir = keep_dir or os.environ.get("FETCHPOP_KEEP_DOVECOT") == "1"
         self._owns_root = root_dir is None
@@ -263,6 +275,8 @@ class Dovecot:
         self.root = root_dir.resolve()
         atexit.register(self.stop)  # removes the directory even if never started
         self.config_path = self.root / "dovecot.conf"
+        #: LMTP's unix socket (with ``lmtp=True``).
+        self.lmtp_socket = self.root / "run" / "lmtp"
         self.log_path = self.root / "dovecot.log"
         self.passwd_dir = self.root / "passwd.d"
         self.home_root = self.root / "home"
@@ -320,9 +334,11 @@ class Dovecot:
 
         last_error = ""
         for _attempt in range(3):
-            self.port, self.tls_port = _free_port(), _free_port()
-            while self.tls_port == self.port:
-                self.tls_port = _free_port()
+            self._pick_ports()
+            if self.imap:
+                taken = {self.port, self.tls_port, self.lmtp_port}
+                while self.imap_port in taken or self.imaps_port in taken | {self.imap_port}:
+                    self.imap_port, self.imaps_port = _free_port(), _free_port()
             self.config_path.write_text(self._config())
             try:
                 self._spawn_and_wait()
@@ -338,6 +354,15 @@ class Dovecot:
                 return self
         self.stop()
         raise DovecotError(last_error)
+
+    def _pick_ports(self) -> None:
+        self.port, self.tls_port = _free_port(), _free_port()
+        while self.tls_port == self.port:
+            self.tls_port = _free_port()
+        if self.lmtp:
+            self.lmtp_port = _free_port()
+            while self.lmtp_port in (self.port, self.tls_port):
+                self.lmtp_port = _free_port()
 
     def _spawn_and_wait(self) -> None:
         stderr_path = self.root / "master.stderr"
@@ -378,7 +403,21 @@ class Dovecot:
                 socket.create_connection((self.host, self.tls_port), timeout=2) as raw,
                 ctx.wrap_socket(raw, server_hostname="localhost") as s,
             ):
-                return s.recv(512).startswith(b"+OK")
+                if not s.recv(512).startswith(b"+OK"):
+                    return False
+            if self.imap:
+                with socket.create_connection((self.host, self.imap_port), timeout=2) as s:
+                    if not s.recv(512).startswith(b"* OK"):
+                        return False
+            if self.lmtp:
+                with socket.create_connection((self.host, self.lmtp_port), timeout=2) as s:
+                    if not s.recv(512).startswith(b"220"):
+                        return False
+                with socket.socket(socket.AF_UNIX) as u:
+                    u.settimeout(2)
+                    u.connect(str(self.lmtp_socket))
+                    return u.recv(512).startswith(b"220")
+            return True
         except OSError:
             return False
 
@@ -497,8 +536,69 @@ service anvil {{
   chroot =
   {penalty}
 }}
+{self._lmtp_config()}
+{self._imap_config()}
 {self.extra_config}
 """
+
+    def _imap_config(self) -> str:
+        if not self.imap:
+            return ""
+        return f"""
+protocols = $protocols imap
+service imap-login {{
+  chroot =
+  service_count = 0
+  inet_listener imap {{
+    address = {self.host}
+    port = {self.imap_port}
+  }}
+  inet_listener imaps {{
+    address = {self.host}
+    port = {self.imaps_port}
+    ssl = yes
+  }}
+}}
+"""
+
+    def _lmtp_config(self) -> str:
+        if not self.lmtp:
+            return ""
+        sieve = Path("/usr/lib/dovecot/modules/lib90_sieve_plugin.so").exists()
+        plugins = "mail_plugins = $mail_plugins sieve" if sieve else ""
+        return f"""
+protocols = $protocols lmtp
+postmaster_address = postmaster@localhost
+lmtp_add_received_header = no
+service lmtp {{
+  chroot =
+  inet_listener lmtp {{
+    address = {self.host}
+    port = {self.lmtp_port}
+  }}
+  unix_listener lmtp {{
+    mode = 0666
+  }}
+}}
+protocol lmtp {{
+  {plugins}
+}}
+plugin {{
+  sieve = file:~/sieve;active=~/.dovecot.sieve
+}}
+"""
+
+    def set_sieve(self, user: str, script: str) -> Path:
+        """Make *script* the user's active Sieve script (LMTP runs it on delivery)."""
+        path = self.home_root / user / ".dovecot.sieve"
+        path.write_text(script)
+        if self.is_root:
+            os.chown(path, self.mail_uid, self.mail_gid)
+        return path
+
+    def folder(self, user: str, name: str) -> Path:
+        """The Maildir++ folder *name* of *user* (``~/Maildir/.NAME``)."""
+        return self.maildir(user) / f".{name}"
 
     # ----------------------------------------------------------------- users
     def maildir(self, user: str) -> Path:

@@ -19,9 +19,13 @@ MAY_IMPORT: dict[str, set[str]] = {
     "errors": set(),
     "paths": {"errors"},
     "pop3": {"errors"},
+    # SMTP and LMTP over POP3's transport: one TLS policy, one set of timeouts.
+    "smtp": {"errors", "pop3"},
+    # IMAP (the imap:// target's APPEND) over POP3's transport, with its SASL mechanisms.
+    "imap": {"errors", "pop3"},
     "seenstore": {"errors", "paths"},
     "locks": {"errors", "paths"},
-    "deliver": {"errors", "paths"},
+    "deliver": {"errors", "paths", "smtp", "imap"},
     "config": {"errors", "paths", "deliver"},
     "secrets": {"errors", "config"},
     "oauth": {"errors", "config"},
@@ -52,12 +56,21 @@ OWNERS: dict[str, set[str]] = {
         "fetchpop.oauth.http",
         "fetchpop.demo",
         "fetchpop.deliver.maildir",
+        # An LMTP server's unix socket, handed to pop3.transport's Transport.
+        "fetchpop.smtp.unix",
         "fetchpop.importers.fetchmail",
     },
 }
 
 #: The sans-IO side of POP3: bytes in, events out, no I/O at all.
-SANS_IO = {"fetchpop.pop3.protocol", "fetchpop.pop3.listings", "fetchpop.pop3.auth"}
+SANS_IO = {
+    "fetchpop.pop3.protocol",
+    "fetchpop.pop3.listings",
+    "fetchpop.pop3.auth",
+    "fetchpop.smtp.protocol",
+    "fetchpop.imap.protocol",
+    "fetchpop.imap.auth",
+}
 IO_MODULES = {"socket", "ssl", "select", "os", "io", "subprocess", "sqlite3", "time"}
 
 

@@ -11,6 +11,11 @@ from fetchpop.deliver.maildir import MaildirTarget
 from fetchpop.deliver.mbox import MboxTarget
 from fetchpop.deliver.mda import MdaTarget
 
+FORMS = (
+    "maildir:DIR, mbox:FILE, mda:COMMAND, lmtp:SOCKET, lmtp:HOST:PORT, smtp:HOST[:PORT] "
+    "or imap://USER@HOST/MAILBOX"
+)
+
 
 @pytest.fixture(autouse=True)
 def home(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
@@ -47,8 +52,8 @@ def test_valid_values(value: str, spec: DeliverySpec, home: Path) -> None:
 @pytest.mark.parametrize(
     ("value", "message"),
     [
-        ("~/Mail", "'~/Mail' is not one of maildir:DIR, mbox:FILE or mda:COMMAND"),
-        ("imap:x", "'imap:x' is not one of maildir:DIR, mbox:FILE or mda:COMMAND"),
+        ("~/Mail", "'~/Mail' is not one of " + FORMS),
+        ("imap:x", "'imap:x' is not one of " + FORMS),
         ("maildir:", "'maildir:' lacks the path after maildir:"),
         ("mda:  ", "'mda:  ' lacks the command after mda:"),
         ("maildir:Mail", "path 'Mail' must be absolute (or start with ~ or $VAR)"),

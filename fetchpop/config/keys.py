@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from fetchpop.deliver import DeliverySpec, parse_deliver
+from fetchpop.deliver import DeliverySpec, SmtpTls, parse_deliver
 from fetchpop.errors import sanitize
 from fetchpop.paths import expand_path
 
@@ -30,7 +30,18 @@ AuthMethod = Literal[
 OAuthProvider = Literal["google", "microsoft", "custom"]
 
 TLS_MODES: tuple[Tls, ...] = ("implicit", "starttls", "off")
+#: smtp_tls: the lmtp: and smtp: targets' TLS (fetchpop.deliver.smtp).
+SMTP_TLS_MODES: tuple[SmtpTls, ...] = ("auto", "starttls", "implicit", "off")
 OAUTH_PROVIDERS: tuple[OAuthProvider, ...] = ("google", "microsoft", "custom")
+#: imap_auth: LOGIN, the SASL mechanisms of AUTHENTICATE, or the best offered.
+ImapAuth = Literal[
+    "auto", "login", "plain", "scram-sha-1", "scram-sha-256", "xoauth2", "oauthbearer",
+]  # fmt: skip
+IMAP_AUTH_METHODS: tuple[ImapAuth, ...] = (
+    "auto", "login", "plain", "scram-sha-1", "scram-sha-256", "xoauth2", "oauthbearer",
+)  # fmt: skip
+#: imap_oauth_provider: the presets only (a custom provider has no imap_* endpoints).
+IMAP_OAUTH_PROVIDERS: tuple[OAuthProvider, ...] = ("google", "microsoft")
 #: The SASL mechanisms that carry an OAuth2 access token.
 OAUTH_AUTH_METHODS: tuple[AuthMethod, ...] = ("xoauth2", "oauthbearer")
 AUTH_METHODS: tuple[AuthMethod, ...] = (
@@ -254,6 +265,36 @@ def _deliver(value: object, env: Mapping[str, str]) -> DeliverySpec:
     return parse_deliver(text, env)
 
 
+def _address(value: object, _env: Mapping[str, str]) -> str:
+    """An envelope address (``alice`` or ``alice@example.org``): no spaces,
+    brackets or control characters, which would break RCPT TO:<...>."""
+    text: str = _expect(value, str, "a string")
+    if not text:
+        raise ValueError("must not be empty")
+    if any(ch.isspace() or ch in '<>"\\' for ch in text) or has_control(text):
+        raise ValueError(
+            f"must be a plain address (alice or alice@example.org), got {describe(text)}"
+        )
+    return text
+
+
+# RFC 3501: flag = "\\" atom (a system flag) / atom (a keyword); no "\\*" or "\\Recent".
+_FLAG_RE = re.compile(r"\\?[!#$&'+,\-./0-9:;<=>?@A-Z^_`a-z|}~]+")
+
+
+def _imap_flags(value: object, _env: Mapping[str, str]) -> tuple[str, ...]:
+    what = "an array of strings or a space-separated string"
+    raw: list[object] | str = _expect(value, (list, str), what)
+    items: list[object] = list(raw.split()) if isinstance(raw, str) else raw
+    flags: list[str] = []
+    for item in items:
+        flag: str = _expect(item, str, what)
+        if not _FLAG_RE.fullmatch(flag) or flag.lower() == "\\recent":
+            raise ValueError(f"{describe(flag)} is not an IMAP flag (\\Seen, $Label ...)")
+        flags.append(flag)
+    return tuple(dict.fromkeys(flags))
+
+
 def _bool(value: object, _env: Mapping[str, str]) -> bool:
     flag: bool = _expect(value, bool, "a boolean")
     return flag
@@ -363,6 +404,88 @@ _KEY_LIST = [
     KeySpec(
         "deliver", '"maildir:DIR" | "mbox:FILE" | "mda:COMMAND"', _deliver,
         "where the mail goes", required=True,
+    ),
+    KeySpec(
+        "recipient", "string", _address,
+        "lmtp: and smtp: the envelope recipient; default: the local user name",
+    ),
+    KeySpec(
+        "smtp_tls", " | ".join(f'"{m}"' for m in SMTP_TLS_MODES), _choice(SMTP_TLS_MODES),
+        "lmtp: (over TCP) and smtp: STARTTLS where offered, required, TLS from the first "
+        "byte, or never",
+        default="auto",
+    ),
+    KeySpec(
+        "smtp_ca_file", "path", _existing_file,
+        "lmtp: and smtp: also trust this CA (or self-signed) certificate, in PEM",
+    ),
+    KeySpec(
+        "smtp_tls_fingerprint", '"sha256:" and 64 hex digits', _fingerprint,
+        "lmtp: and smtp: pin the server certificate's SHA-256 fingerprint instead of CA trust",
+    ),
+    KeySpec("smtp_user", "string", _user, "smtp: log in (AUTH PLAIN or LOGIN) as this user"),
+    KeySpec(
+        "smtp_password_command", "string", _command,
+        "smtp: a command (no shell) whose first line of output is smtp_user's password",
+    ),
+    KeySpec(
+        "smtp_password", "string", _password,
+        "smtp: smtp_user's password; only accepted when the file is private (chmod 600)",
+        secret=True,
+    ),
+    KeySpec(
+        "imap_tls", '"implicit" | "starttls" | "off"', _choice(TLS_MODES),
+        "imap: TLS from the first byte (port 993), STARTTLS required (143), or clear text",
+        default="implicit",
+    ),
+    KeySpec(
+        "imap_ca_file", "path", _existing_file,
+        "imap: also trust this CA (or self-signed) certificate, in PEM",
+    ),
+    KeySpec(
+        "imap_tls_fingerprint", '"sha256:" and 64 hex digits', _fingerprint,
+        "imap: pin the IMAP server certificate's SHA-256 fingerprint instead of CA trust",
+    ),
+    KeySpec(
+        "imap_auth", " | ".join(f'"{a}"' for a in IMAP_AUTH_METHODS), _choice(IMAP_AUTH_METHODS),
+        "imap: LOGIN, an AUTHENTICATE mechanism, or auto (the strongest offered)",
+        default="auto",
+    ),
+    KeySpec(
+        "imap_password_command", "string", _command,
+        "imap: a command (no shell) whose first line of output is the IMAP password",
+    ),
+    KeySpec(
+        "imap_password", "string", _password,
+        "imap: the IMAP password; only accepted when the file is private (chmod 600)",
+        secret=True,
+    ),
+    KeySpec(
+        "imap_oauth_provider", " | ".join(f'"{p}"' for p in IMAP_OAUTH_PROVIDERS),
+        _choice(IMAP_OAUTH_PROVIDERS),
+        'imap: sign in to the IMAP side with OAuth2; needs imap_auth = "xoauth2" or "oauthbearer"',
+    ),
+    KeySpec(
+        "imap_oauth_client_id", "string", _word,
+        "imap: the OAuth2 client ID (default: oauth_client_id, for the same provider)",
+    ),
+    KeySpec(
+        "imap_oauth_client_secret", "string", _password,
+        "imap: the OAuth2 client secret, if any; only in a private file (chmod 600)",
+        secret=True,
+    ),
+    KeySpec(
+        "imap_oauth_scopes", "array of strings, or a space-separated string", _scopes,
+        "imap: the OAuth2 scopes to ask for (overrides the provider's IMAP scopes)",
+    ),
+    KeySpec(
+        "imap_flags", "array of strings, or a space-separated string", _imap_flags,
+        "imap: flags for each appended message (\\Seen, \\Flagged, keywords)",
+    ),
+    KeySpec(
+        "imap_keep_date", "boolean", _bool,
+        "imap: the internal date from the message's Date: header, not the time of the APPEND",
+        default=False,
     ),
     KeySpec("keep", "boolean", _bool, "leave messages on the server", default=True),
     KeySpec(

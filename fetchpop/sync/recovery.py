@@ -70,7 +70,7 @@ def reconcile(
             found = target.delivered(intent.detail)
             if found is None and intent.uidl in on_server:
                 found = _confirm(client, target, intent, on_server[intent.uidl], outcome)
-                if found is False and account.deliver.kind == "mda":
+                if found is False and account.deliver.kind in ("mda", "lmtp", "smtp"):
                     outcome.again.append(intent.uidl)
         if found is None and intent.uidl in outcome.undecided:
             continue  # kept for a later run
