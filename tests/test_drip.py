@@ -373,3 +373,31 @@ def test_oauth_http_client_still_answers(ca: trustme.CA, ca_file: Path) -> None:
         client = HttpClient(ca_file=ca_file, timeout=5.0, stop=lambda: None)
         data = client.post_form(url, {"grant_type": "refresh_token"}, what="OAuth2 refresh")
     assert data == {"access_token": "at-1", "expires_in": 1}
+
+
+def test_a_delivery_targets_connection_shares_the_flight_of_its_thread() -> None:
+    """While a connection of this thread reads a message, another connection
+    of the thread (an IMAP or SMTP target's, taking that message) is told a
+    message is in flight; once the reading connection is closed, no more."""
+    asked: list[bool] = []
+
+    def check(in_flight: bool) -> BaseException | None:
+        asked.append(in_flight)
+        return Interrupted(15) if len(asked) > 2 else None
+
+    pop_ours, pop_theirs = socket.socketpair()
+    target_ours, target_theirs = socket.socketpair()
+    with pop_ours, pop_theirs, target_ours, target_theirs:
+        pop = Transport(pop_ours, "pop.example", 30.0)
+        pop.send(b"RETR 1\r\n")
+        target = Transport(target_ours, "imap.example", 30.0, stop=check)
+        target.send(b"A1 APPEND INBOX {5}\r\n")
+        with pytest.raises(Interrupted):
+            target.recv()
+        assert all(asked), asked
+        pop.close()
+        asked[:] = [False, False]  # the next ask says stop
+        with pytest.raises(Interrupted):
+            target.send(b"A2 NOOP\r\n")
+        assert asked == [False, False, False]
+        target.close()

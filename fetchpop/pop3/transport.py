@@ -20,8 +20,10 @@ not count.
 
 Signals (SIGINT, SIGTERM): every wait looks, every TICK seconds, at the stop
 check the program registered (:func:`set_stop_check`), telling it whether
-a message (a RETR or TOP reply) is in flight; what the check returns is
-raised. The socket is non-blocking underneath, and every wait is a poll().
+a message is in flight: a RETR or TOP reply on this connection, or on
+another one of the same thread (then this one is a delivery target's, an
+IMAP or SMTP server taking that message). What the check returns is raised.
+The socket is non-blocking underneath, and every wait is a poll().
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ import os
 import select
 import socket
 import ssl
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -68,8 +71,9 @@ LOGIN_TIMEOUTS = 3
 StopCheck = Callable[[bool], BaseException | None]
 
 _stop_check: StopCheck | None = None
-# The transports (by id) that are reading a message now.
-_streaming: set[int] = set()
+# The transports (by id) that are reading a message now, with their threads.
+_streaming: dict[int, int] = {}
+_streaming_lock = threading.Lock()
 # X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT and ..._LOCALLY: no trusted issuer found.
 _UNKNOWN_ISSUER = frozenset({2, 20})
 
@@ -106,6 +110,14 @@ def set_stop_check(check: StopCheck | None) -> StopCheck | None:
 def message_in_flight() -> bool:
     """Whether some connection of this process is reading a message (RETR, TOP) now."""
     return bool(_streaming)
+
+
+def _in_flight_here() -> bool:
+    """Whether a connection of this thread is reading a message: then a delivery
+    target's connection (IMAP, SMTP) is part of that message's flight."""
+    here = threading.get_ident()
+    with _streaming_lock:
+        return here in _streaming.values()
 
 
 def _ask(check: StopCheck | None, in_flight: bool) -> None:
@@ -385,7 +397,7 @@ class Transport:
         poller.register(self._sock, events)
         while True:
             self._asked = time.monotonic()
-            _ask(check, self._message)
+            _ask(check, self._message or _in_flight_here())
             now = time.monotonic()
             left = deadline - now
             if left <= 0:
@@ -416,12 +428,9 @@ class Transport:
         A stop check that says stop is obeyed before anything goes out: no
         answer to these commands is in flight yet.
         """
-        _ask(self._check(), False)
-        self._message = data.startswith((b"RETR ", b"TOP "))
-        if self._message:
-            _streaming.add(id(self))
-        else:
-            _streaming.discard(id(self))
+        self._streaming(False)
+        _ask(self._check(), _in_flight_here())
+        self._streaming(data.startswith((b"RETR ", b"TOP ")))
         self._window = None  # the answer's thinking time is not a trickle
         view, offset = memoryview(data), 0
         deadline = time.monotonic() + self.timeout
@@ -483,7 +492,7 @@ class Transport:
         self._arrived(len(data))
         if time.monotonic() - self._asked >= TICK:  # a fast stream is asked too
             self._asked = time.monotonic()
-            _ask(self._check(), self._message)
+            _ask(self._check(), self._message or _in_flight_here())
         return data
 
     def _drain(self, parts: list[bytes], size: int) -> None:
@@ -519,10 +528,17 @@ class Transport:
 
     def close(self) -> None:
         """Close the connection (without a TLS close_notify wait)."""
-        _streaming.discard(id(self))
-        self._message = False
+        self._streaming(False)
         with contextlib.suppress(OSError):
             self._sock.close()
+
+    def _streaming(self, on: bool) -> None:
+        self._message = on
+        with _streaming_lock:
+            if on:
+                _streaming[id(self)] = threading.get_ident()
+            else:
+                _streaming.pop(id(self), None)
 
 
 def first_words(host: str, port: int, *, quiet: float = 0.5, timeout: float = 3.0) -> bytes:
