@@ -334,6 +334,19 @@ def test_a_rejected_message_stays_and_the_others_go(home: Home) -> None:
         assert pop.mailbox.messages == [crlf(MESSAGES[0])]
 
 
+def test_a_connection_lost_before_the_message_went_out_is_tried_once_more(home: Home) -> None:
+    """Without LITERAL+ nothing of the message goes before the continuation:
+    a drop there cannot have delivered it, and a new connection delivers it."""
+    caps = tuple(c for c in DEFAULT_CAPS if c != "LITERAL+")
+    with servers(caps=caps, faults=[Fault("APPEND", "drop")]) as (pop, imap):
+        configure(home, pop, imap)
+        result = sync(home, pop)
+        assert result.code == 0, result
+        assert imap.messages() == [crlf(m) for m in MESSAGES]
+        assert len(imap.commands) == 2 and "UID SEARCH" not in imap.names()
+        assert pop.mailbox.messages == []
+
+
 def test_trycreate_creates_the_mailbox_once(home: Home) -> None:
     with servers() as (pop, imap):
         configure(home, pop, imap, mailbox="Archive/2025")

@@ -50,7 +50,15 @@ from fetchpop.errors import (
     sanitize,
 )
 from fetchpop.imap.client import ImapClient, ImapRefusal, connect
-from fetchpop.imap.protocol import Argument, Literal, date_time, flag_list, mailbox_name, quoted
+from fetchpop.imap.protocol import (
+    Argument,
+    Literal,
+    appenduid,
+    date_time,
+    flag_list,
+    mailbox_name,
+    quoted,
+)
 
 SecretSource = Callable[[], str]
 
@@ -276,47 +284,55 @@ class ImapTarget:
         return ImapDelivery(self, intent, uidl, spool)
 
     def append(self, intent: str, spool: IO[bytes], header: _Header) -> tuple[int, int] | None:
-        """APPEND one spooled message (with one CREATE and retry on TRYCREATE)."""
+        """APPEND one spooled message: after [TRYCREATE] once more, after the
+        mailbox's CREATE; on a connection that failed before the whole
+        message went out, once more on a new one (an idle connection a server
+        or a NAT let go); after the whole message, settled by :meth:`_settle`.
+        Returns the APPENDUID, where the server gave one."""
         client = self._connection()
         if header.nul and not client.has("BINARY"):
             raise MessageRejectedError(
                 f"the message holds NUL bytes, which IMAP carries only with BINARY "
                 f"(RFC 3516), and {self.host} does not offer it"
             )
-        options: list[bytes] = []
-        if self.settings.flags:
-            options.append(flag_list(self.settings.flags))
-        moment = header.date() if self.settings.keep_date else None
-        if moment is not None:
-            options.append(date_time(moment))
+        options = self._options(header)
         literal = Literal(header.size, binary=header.nul)
-        for attempt in (1, 2):
+        reconnected = False
+        while True:
             sent: list[bool] = []
             try:
                 response = client.append(self._mailbox, options, literal, _chunks(spool, sent))
+                return appenduid(response.code)
             except ImapRefusal as exc:
-                code = exc.response.code_name
-                if code == "TRYCREATE" and attempt == 1 and not self._created:
-                    self._create(client, exc)
-                    continue
-                raise self._refused(exc) from None
+                if exc.response.code_name != "TRYCREATE" or self._created:
+                    raise self._refused(exc) from None
+                self._create(client, exc)
             except _LOST as exc:
                 self._client = None
                 client.close()
-                if not sent:
+                if sent:
+                    self._settle(intent, header, exc)
+                    return None
+                if reconnected:
                     raise  # the server cannot have taken a message it did not get whole
-                self._settle(intent, header, exc)
-                return None
+                reconnected = True
+                client = self._connection()
             except Interrupted as exc:
                 # A signal between the literal and the answer: the server may
                 # have the message.
                 if sent:
                     exc.outcome_unknown = True  # type: ignore[attr-defined]
                 raise
-            from fetchpop.imap.protocol import appenduid
 
-            return appenduid(response.code)
-        raise LocalProtocolError("APPEND retried more than once")  # pragma: no cover
+    def _options(self, header: _Header) -> list[bytes]:
+        """APPEND's flag list and date-time, as configured."""
+        options: list[bytes] = []
+        if self.settings.flags:
+            options.append(flag_list(self.settings.flags))
+        moment = header.date() if self.settings.keep_date else None
+        if moment is not None:
+            options.append(date_time(moment))
+        return options
 
     def _refused(self, exc: ImapRefusal) -> FetchpopError:
         where = f"IMAP server {self.host} refused the message ({exc.words})"
