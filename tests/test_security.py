@@ -1240,3 +1240,37 @@ def test_overlong_uidl_is_a_protocol_error(
         assert len(result.stderr) < 500  # the id is not printed whole
         assert server.commands_named("RETR") == []
     assert maildir_messages(mail) == []
+
+
+def test_serverinfo_shows_a_hostile_certificates_names_safely(home: Home, tmp_path: Path) -> None:
+    """A certificate's subject and issuer are the server's text: escapes in
+    them (window title, screen clear) never reach the terminal or --json."""
+    import trustme
+    from fakepop import FakePOP3, make_server_context
+
+    hostile = "Evil\x1b]0;PWNED\x07\x1b[2J\u202eCorp"
+    ca = trustme.CA(organization_name=hostile)
+    context = make_server_context(ca, "localhost")
+    ca_file = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    with FakePOP3([MESSAGE], tls_context=context, implicit_tls=True) as server:
+        home.write_config(
+            account_toml(
+                "acct",
+                host="localhost",
+                port=server.port,
+                tls="implicit",
+                ca_file=str(ca_file),
+                user="alice",
+                password="secret",
+                deliver=f"maildir:{tmp_path / 'Mail'}",
+            )
+        )
+        shown = home.run("serverinfo", "acct")
+        as_json = home.run("--json", "serverinfo", "acct")
+    assert shown.code == 0 and as_json.code == 0, (shown, as_json)
+    (issuer,) = [line for line in shown.stdout.splitlines() if "issuer:" in line]
+    assert "Evil" in issuer and "Corp" in issuer
+    for text in (shown.stdout, shown.stderr, as_json.stdout):
+        assert "\x1b" not in text and "\x07" not in text and "\u202e" not in text
+        assert "\\u202e" not in text.lower() and "\\u001b" not in text.lower()

@@ -163,6 +163,14 @@ def serverinfo(account: str, as_json: bool) -> None:
 
         (acct,) = env.load_config().select([account])
         info = probe(acct, env.password_source(acct), log=transcript(env, acct.name))
+        if info["tls"]:
+            from fetchpop.errors import sanitize
+
+            # A certificate's names are the server's text too (an escape in
+            # its subject must not reach the terminal).
+            info["tls"] = {
+                k: sanitize(v) if isinstance(v, str) else v for k, v in info["tls"].items()
+            }
         if as_json:
             env.print_json(info)
             return 0
