@@ -402,7 +402,9 @@ _KEY_LIST = [
         "the OAuth2 scopes to ask for (overrides the provider's)",
     ),
     KeySpec(
-        "deliver", '"maildir:DIR" | "mbox:FILE" | "mda:COMMAND"', _deliver,
+        "deliver",
+        '"maildir:DIR" | "mbox:FILE" | "mda:COMMAND" | "imap://USER@HOST/MAILBOX"',
+        _deliver,
         "where the mail goes", required=True,
     ),
     KeySpec(
