@@ -192,12 +192,15 @@ def test_recovery_search_on_dovecot_finds_only_what_was_appended(imap_dovecot: D
     delivery.write(new)
     delivery.finish()
     assert delivery.receipt is not None and delivery.receipt[1] == 2  # APPENDUID
+    (later,) = target.reserve(1)  # a crash before this one's APPEND: nothing since
     target.close()
 
     again = open_target(spec)
     try:
         assert again.confirm(intent, [new]) is True
         assert again.confirm(intent, [old]) is False  # there, but from before the intent
+        # "3:*" matches UID 2, the last, by RFC 3501's rule: not counted.
+        assert again.confirm(later, [new]) is False
         assert again.confirm(intent, [same_id_other]) is False  # same Message-ID, other size
         assert again.confirm("999:1", [old]) is True  # UIDVALIDITY changed: the whole mailbox
         assert again.damaged() == []
@@ -545,6 +548,12 @@ def test_parser_reads_literals_codes_and_continuations() -> None:
     }
     done = parser.next()
     assert done is not None and protocol.appenduid(done.code) == (9, 7)
+    assert parser.next() is None
+    parser.feed(b'* STATUS {0}\r\n (UIDNEXT 1 UIDVALIDITY 2)\r\n')
+    empty = parser.next()
+    assert empty is not None and protocol.status_items(empty.data) == {
+        "UIDNEXT": 1, "UIDVALIDITY": 2
+    }
     assert parser.next() is None
     parser.feed(b"* " + b"x" * (protocol.MAX_LINE + 10))
     with pytest.raises(ProtocolError):

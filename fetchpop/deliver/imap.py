@@ -405,7 +405,9 @@ class ImapTarget:
         criteria: list[Argument] = [
             b"UID", f"{max(int(start), 1)}:*".encode(), b"HEADER", b"Message-ID", quoted(mid)
         ]
-        uids = client.uid_search(criteria)
+        # "N:*" also matches the last message when N is past it (RFC 3501
+        # section 6.4.8): only what came at or after N counts.
+        uids = [uid for uid in client.uid_search(criteria) if uid >= int(start)]
         return size in client.uid_sizes(uids).values()
 
     def damaged(self) -> list[str]:

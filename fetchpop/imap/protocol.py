@@ -80,7 +80,7 @@ class Parser:
     def __init__(self) -> None:
         self._buffer = bytearray()
         self._parts: list[bytes] = []  # of the response being read, literals inline
-        self._literal = 0  # octets of a literal still to come
+        self._literal: int | None = None  # octets of a literal still to come
         self._literals = 0
 
     def feed(self, data: bytes) -> None:
@@ -93,12 +93,12 @@ class Parser:
     def next(self) -> Response | None:
         """The next complete response, or None until more bytes come."""
         while True:
-            if self._literal:
+            if self._literal is not None:
                 if len(self._buffer) < self._literal:
                     return None
                 self._parts.append(bytes(self._buffer[: self._literal]))
                 del self._buffer[: self._literal]
-                self._literal = 0
+                self._literal = None
             end = self._buffer.find(b"\r\n")
             if end < 0:
                 if len(self._buffer) > MAX_LINE:
@@ -118,8 +118,7 @@ class Parser:
                         f"server sent more than {MAX_LITERALS} octets of literals in one response"
                     )
                 self._parts.append(b"\r\n")
-                if self._literal:
-                    continue
+                continue  # the response goes on after the literal (even an empty one)
             parts, self._parts, self._literals = self._parts, [], 0
             return parse_response(b"".join(parts))
 
