@@ -25,6 +25,7 @@ using them with ``@pytest.mark.dovecot``.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -95,6 +96,11 @@ def imap_dovecot() -> Iterator[Dovecot]:
     """A private Dovecot serving POP3 and IMAP (UIDPLUS, LITERAL+, BINARY) on
     loopback, shared by a module's tests: ``Dovecot(imap=True)``."""
     require_dovecot()
+    if not any(Path(d, "imap").exists() for d in ("/usr/lib/dovecot", "/usr/libexec/dovecot")):
+        missing = "dovecot's IMAP server not installed (apt-get install dovecot-imapd)"
+        if os.environ.get("FETCHPOP_REQUIRE_DOVECOT") == "1":
+            pytest.fail(f"{missing}, but FETCHPOP_REQUIRE_DOVECOT=1", pytrace=False)
+        pytest.skip(missing)
     server = Dovecot(imap=True)
     server.start()
     try:
