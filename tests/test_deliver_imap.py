@@ -210,6 +210,45 @@ def test_recovery_search_on_dovecot_finds_only_what_was_appended(imap_dovecot: D
         again.close()
 
 
+def _fingerprint(dc: Dovecot) -> str:
+    import hashlib
+
+    pem = dc.cert_file.read_text().split("-----END CERTIFICATE-----")[0] + (
+        "-----END CERTIFICATE-----\n"
+    )
+    return "sha256:" + hashlib.sha256(ssl.PEM_cert_to_DER_cert(pem)).hexdigest()
+
+
+@pytest.mark.dovecot
+@pytest.mark.parametrize(
+    ("keys", "code", "pattern"),
+    [
+        ({}, 69, r"TLS certificate of localhost did not verify"),  # no imap_ca_file
+        ({"imap_tls_fingerprint": "sha256:" + "00" * 32}, 69, r"fingerprint"),
+        ({"imap_tls_fingerprint": "PIN"}, 0, None),
+    ],
+    ids=["unverified", "wrong-pin", "pinned"],
+)
+def test_the_imap_certificate_is_verified_as_for_pop3(
+    imap_dovecot: Dovecot, home: Home, keys: dict[str, object], code: int, pattern: str | None
+) -> None:
+    dc = imap_dovecot
+    src, dst = dc.new_mailbox("pop"), dc.new_mailbox("imap")
+    dc.add_messages(src.user, MESSAGES)
+    if keys.get("imap_tls_fingerprint") == "PIN":
+        keys = {"imap_tls_fingerprint": _fingerprint(dc)}
+    config = _dovecot_account(dc, src, dst, **keys)
+    config = config.replace(f'imap_ca_file = "{dc.ca_file}"\n', "")
+    home.write_config(config)
+    result = home.run("sync")
+    assert result.code == code, result
+    if pattern is None:
+        assert len(_maildir_files(dst.maildir)) == 4 and dc.count(src.user) == 0
+    else:
+        assert re.search(pattern, result.stderr), result
+        assert _maildir_files(dst.maildir) == [] and dc.count(src.user) == 4
+
+
 # -- scripted servers -------------------------------------------------------------------
 
 
