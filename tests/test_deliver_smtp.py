@@ -589,3 +589,100 @@ def test_bad_smtp_keys_say_what_is_wrong(tmp_path: Path, line: str, message: str
         _load(tmp_path, line + "\n")
     (problem,) = info.value.problems
     assert message in problem, problem
+
+
+# -- a real Postfix -----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def postfix() -> Iterator[object]:
+    from postfix import Postfix, require_postfix
+
+    require_postfix()
+    server = Postfix(mailboxes=("alice", "corpus"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def as_postfix_keeps(message: bytes) -> bytes:
+    """*message* as Postfix stores it: without its own ``Return-Path:`` header
+    lines, which cleanup(8) removes (virtual(8) then writes one from the
+    envelope sender, which fetchpop took from that header: the same address);
+    a header line cut at a NUL; a lone CR turned into a space by smtpd (its
+    answer to SMTP smuggling)."""
+    header, blank, body = message.partition(b"\n\n")
+    lines = re.split(rb"\n(?![ \t])", header)
+    kept = [line.split(b"\0")[0] for line in lines if not line.lower().startswith(b"return-path:")]
+    return (b"\n".join(kept) + blank + body).replace(b"\r", b" ")
+
+
+def test_the_hard_corpus_arrives_byte_identical_through_postfix(
+    home: Home, postfix: object
+) -> None:
+    """What Postfix keeps: every byte of the message (8-bit, NUL, lone CR, long
+    lines, dot lines, NUL in the body) but what as_postfix_keeps says, with
+    Return-Path, X-Original-To, Delivered-To and its Received: line in front."""
+    from corpus import hard_messages
+    from postfix import Postfix
+
+    assert isinstance(postfix, Postfix)
+    corpus = hard_messages(60, big_size=4 * 1024 * 1024)
+    pop = FakePOP3(Mailbox(corpus))
+    pop.start()
+    try:
+        home.write_config(
+            account_toml(
+                "home",
+                host="127.0.0.1",
+                port=pop.port,
+                tls="off",
+                user="alice",
+                password="secret",
+                auth="user",
+                deliver=f"smtp:127.0.0.1:{postfix.port}",
+                recipient="corpus@fetchpop.test",
+                keep=False,
+                timeout=30,
+            )
+        )
+        result = sync(home)
+        assert result.code == 0, result
+        assert problems(result) == [], result
+        assert pop.mailbox.messages == []  # all taken by Postfix, so all DELE'd
+    finally:
+        pop.close()
+    got = postfix.wait_delivered(postfix.mailbox("corpus"), len(corpus))
+    want = sorted(as_postfix_keeps(stored(m)) for m in corpus)
+    assert len(got) == len(want)
+    assert [g[:300] for g in got if g not in want] == [w[:300] for w in want if w not in got]
+    assert got == want
+
+
+def test_postfix_refusing_the_recipient_is_a_counted_rejection(home: Home, postfix: object) -> None:
+    from postfix import Postfix
+
+    assert isinstance(postfix, Postfix)
+    with servers() as (pop, _):
+        home.write_config(
+            account_toml(
+                "home",
+                host="127.0.0.1",
+                port=pop.port,
+                tls="off",
+                user="alice",
+                password="secret",
+                auth="user",
+                deliver=f"smtp:127.0.0.1:{postfix.port}",
+                recipient="nobody@fetchpop.test",
+                keep=False,
+                timeout=30,
+            )
+        )
+        result = sync(home)
+        assert result.code == 73, result
+        assert re.search(r"refused RCPT TO: 550 5\.1\.1 <nobody@fetchpop\.test>", result.stderr)
+        assert "message uid-1 not delivered (attempt 1 of 3)" in result.stderr
+        assert deles(pop) == []
