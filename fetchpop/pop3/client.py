@@ -490,9 +490,11 @@ class Client:
             listing = self.uidl()
             return listing, (self.sizes() if listing else {})
         self._send(self._p.send("CAPA") + self._p.send("UIDL") + self._p.send("LIST"))
-        capa, uidl, sizes = self._read_listing(), self._read_listing(), self._read_listing()
-        self._parse_capa(capa)
-        return self._parse_uidl(uidl), self._parse_sizes(sizes)
+        # Each parsed as soon as it is read: UIDL's lines are gone before
+        # LIST's arrive (a maildrop of a million messages).
+        self._parse_capa(self._read_listing())
+        uidl = self._parse_uidl(self._read_listing())
+        return uidl, self._parse_sizes(self._read_listing())
 
     def retrieve(
         self,

@@ -49,6 +49,7 @@ from fetchpop.errors import (
     ProtocolError,
     sanitize,
 )
+from fetchpop.pop3 import listings
 from fetchpop.pop3.masking import Secrets
 
 #: RFC 2449 section 4 allows 512 octets for a status line; real servers send
@@ -480,6 +481,7 @@ class POP3Protocol:
             if size <= MAX_LISTING_SIZE:
                 self._listing_size = size
                 self._lines += lines
+                self._check_count(what)
                 return
         # Some limit is crossed: line by line, for the error the first bad line gives.
         for raw in block.split(b"\n")[:-1]:
@@ -492,6 +494,17 @@ class POP3Protocol:
             if self._listing_size > MAX_LISTING_SIZE:
                 raise ProtocolError(f"reply to {what} exceeds {MAX_LISTING_SIZE} bytes")
             self._lines.append(line)
+        self._check_count(what)
+
+    def _check_count(self, what: str) -> None:
+        """A maildrop of millions of messages is refused while it is read, not
+        after all of it was collected (listings.MAX_MESSAGES)."""
+        cap = listings.MAX_MESSAGES
+        if len(self._lines) > cap and what in ("UIDL", "LIST"):
+            raise ProtocolError(
+                f"the server's {what} lists more than {cap:,} messages; fetchpop takes at "
+                f"most {cap:,} in one mailbox (move or delete some with another client)"
+            )
 
     def _message(self, exp: _Expect) -> Event | _NeedData:
         buf = self._buf
