@@ -294,8 +294,10 @@ class OAuthTokenStore:
     The record is a secret: it appears in no message, whatever the backend says.
     """
 
-    def __init__(self, account: Account) -> None:
-        self.username = keyring_username(account)
+    def __init__(self, account: Account, *, imap: bool = False) -> None:
+        # imap: the sign-in of an imap:// target's own OAuth2 provider
+        # (imap_oauth_provider), kept under the IMAP side's USER@HOST.
+        self.username = imap_keyring_username(account) if imap else keyring_username(account)
 
     def __repr__(self) -> str:
         return f"OAuthTokenStore({self.username!r})"
