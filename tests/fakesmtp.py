@@ -16,7 +16,8 @@ that delivered and crashed before its reply). :data:`KILL` (``message``
 only) keeps the message, then calls ``on_kill`` (a test's SIGKILL of
 fetchpop) before it would answer.
 
-``messages`` holds what was delivered: :class:`Envelope` (sender,
+*close_after* closes each connection after that many messages (the next
+message needs a new one). ``messages`` holds what was delivered: :class:`Envelope` (sender,
 recipients, MAIL parameters, the data unstuffed, CRLF as LF). Nothing
 raises into the test thread: harness bugs land in ``errors``.
 """
@@ -78,6 +79,7 @@ class FakeSMTP:
         tls_context: ssl.SSLContext | None = None,
         users: Mapping[str, str] | None = None,
         unix_path: Path | None = None,
+        close_after: int | None = None,
     ) -> None:
         self.lmtp = lmtp
         self.extensions = list(extensions)
@@ -85,6 +87,8 @@ class FakeSMTP:
         self.tls_context = tls_context
         self.users = dict(users or {})
         self.unix_path = unix_path
+        #: Close each connection after this many messages (an MTA ending a session).
+        self.close_after = close_after
         self.messages: list[Envelope] = []
         self.sessions: list[Session] = []
         self.errors: list[BaseException] = []
@@ -169,6 +173,7 @@ class _Conn:
         self.sender: str | None = None
         self.params: list[str] = []
         self.recipients: list[str] = []
+        self.taken = 0
         sock.settimeout(_TICK)
 
     # -- I/O
@@ -352,6 +357,9 @@ class _Conn:
         count = len(envelope.recipients) if self.server.lmtp else 1
         for _ in range(count):
             self.reply("message", b"250 2.0.0 ok: queued")
+        self.taken += 1
+        if self.server.close_after is not None and self.taken >= self.server.close_after:
+            raise _Hangup
 
     def do_rset(self, verb: str, arg: str) -> None:
         self.sender, self.recipients = None, []

@@ -245,6 +245,20 @@ def test_8bit_and_utf8_messages_carry_body_and_smtputf8_where_offered(home: Home
             assert all(p == [] for p in params.values())
 
 
+@pytest.mark.parametrize("lmtp", [False, True], ids=["smtp", "lmtp"])
+def test_a_server_that_ends_the_connection_between_messages_gets_a_new_one(
+    home: Home, lmtp: bool
+) -> None:
+    with servers(lmtp=lmtp, close_after=1) as (pop, smtp):
+        configure(home, pop, smtp)
+        result = sync(home)
+        assert result.code == 0, result
+        assert problems(result) == [], result
+        assert pop.mailbox.messages == []
+        assert delivered(smtp) == sorted(stored(m) for m in MESSAGES)  # each once
+        assert len(smtp.sessions) == 3
+
+
 # -- STARTTLS and AUTH --------------------------------------------------------------
 
 

@@ -163,11 +163,17 @@ class ServerDelivery:
                 raise os_error(
                     exc, f"cannot read back the spooled message for {self._target.label}"
                 ) from exc
-            self._target.send(self._chunks(spool), self._scan, self._size)
+            self._target.send(lambda: self._chunks(spool), self._scan, self._size)
         finally:
             self._close()
 
     def _chunks(self, spool: IO[bytes]) -> Iterator[bytes]:
+        try:
+            spool.seek(0)
+        except OSError as exc:
+            raise os_error(
+                exc, f"cannot read back the spooled message for {self._target.label}"
+            ) from exc
         while True:
             try:
                 chunk = spool.read(SEND_CHUNK)
@@ -260,13 +266,32 @@ class ServerTarget:
 
     # -- sending --------------------------------------------------------------
 
-    def send(self, chunks: Iterable[bytes], scan: MessageScan, size: int) -> None:
-        """One transaction for one spooled message; raises unless it was taken."""
-        client = self._connection()
+    def send(self, chunks: Callable[[], Iterable[bytes]], scan: MessageScan, size: int) -> None:
+        """One transaction for one spooled message (*chunks* reads it from the
+        start); raises unless the server took it.
+
+        A connection kept from an earlier message that turns out closed
+        before the final dot went out (the server ended an idle one) is made
+        anew and the message sent again: nothing of it was delivered.
+        """
+        while True:
+            reused = self._client is not None
+            client = self._connection()
+            try:
+                self._transaction(client, chunks(), scan, size)
+                return
+            except ConnectionLostError:
+                if reused and not client.dot_sent and self._client is None:
+                    continue  # (dropped by _transaction: the next round connects)
+                raise
+
+    def _transaction(
+        self, client: SMTPClient, chunks: Iterable[bytes], scan: MessageScan, size: int
+    ) -> None:
         params = self._mail_params(client, scan, size)
         sender = scan.sender
         if not sender.isascii() and "SMTPUTF8" not in params:
-            sender = ""  # a UTF-8 address needs SMTPUTF8: bounce to nobody instead
+            sender = ""  # a UTF-8 address needs SMTPUTF8: bounces go nowhere instead
         recipient = self.options.recipient or local_user()
         try:
             reply = client.transaction(

@@ -177,6 +177,7 @@ class SMTPClient:
         transaction is reset with RSET then). *final_wait* bounds the wait
         for the reply after the dot (a Sieve script or a filter may run).
         """
+        self.dot_sent = False
         mail = command("MAIL", f"FROM:<{sender}>", *mail_params)
         rcpt = command("RCPT", f"TO:<{recipient}>")
         data = command("DATA")
@@ -206,7 +207,6 @@ class SMTPClient:
             self._reset()
             raise SMTPReplyError(*failed)
         encoder = DataEncoder()
-        self.dot_sent = False
         for chunk in chunks:
             wire = encoder.encode(chunk)
             if wire:
