@@ -81,6 +81,10 @@ class FetchpopError(Exception):
     """Base of every error fetchpop reports; ``exit_code`` says how it ends."""
 
     exit_code: ExitCode = ExitCode.SOFTWARE
+    #: Set on an error from a delivery that the target may have accepted all
+    #: the same (a connection lost after an IMAP APPEND's literal): its
+    #: intent must stay, for the next run's recovery to look.
+    outcome_unknown: bool = False
 
 
 class UsageError(FetchpopError):

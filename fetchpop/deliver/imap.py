@@ -321,7 +321,7 @@ class ImapTarget:
                 # A signal between the literal and the answer: the server may
                 # have the message.
                 if sent:
-                    exc.outcome_unknown = True  # type: ignore[attr-defined]
+                    exc.outcome_unknown = True
                 raise
 
     def _options(self, header: _Header) -> list[bytes]:
@@ -417,7 +417,7 @@ class ImapTarget:
 
 def _unknown(lost: FetchpopError, why: str) -> FetchpopError:
     error = type(lost)(f"{lost}; {why}")
-    error.outcome_unknown = True  # type: ignore[attr-defined]
+    error.outcome_unknown = True
     return error
 
 

@@ -548,8 +548,10 @@ class Session:
                 if self.progress:
                     self.progress(msg.uidl, len(chunk))
             delivery.finish()
-        except BaseException:
+        except BaseException as exc:
             delivery.abort()
+            if isinstance(exc, FetchpopError) and exc.outcome_unknown:
+                raise  # the target may have it: the intent stays for recovery
             # If this fails, the next run finds the message absent and drops it.
             with contextlib.suppress(FetchpopError):
                 self.store.drop_intents([intent])
