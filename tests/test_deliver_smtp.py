@@ -353,6 +353,8 @@ TEMPORARY = [
     ("RCPT", b"450 4.2.1 mailbox busy"),
     ("DATA", b"451 4.3.0 later"),
     ("message", b"452 4.2.2 over quota, for now"),
+    ("MAIL", b"421 4.3.2 shutting down"),
+    ("message", b"421 4.3.2 shutting down"),
     ("greeting", DROP),
     ("EHLO", DROP),
     ("MAIL", DROP),

@@ -204,7 +204,8 @@ class SMTPClient:
                 # DATA was taken although MAIL or RCPT was not: an empty message ends it.
                 self.send(b".\r\n")
                 self.read("the end of an empty message")
-            self._reset()
+            if failed[1].code != 421:  # (421: the server is closing the connection)
+                self._reset()
             raise SMTPReplyError(*failed)
         encoder = DataEncoder()
         for chunk in chunks:
