@@ -157,7 +157,6 @@ virtual_mailbox_maps = texthash:{self.config_dir}/vmailbox
 virtual_minimum_uid = 1
 virtual_uid_maps = static:{uid}
 virtual_gid_maps = static:{gid}
-smtpd_tls_security_level = none
 {self.extra_config}
 """
 
@@ -179,6 +178,7 @@ smtpd_tls_security_level = none
             "virtual unix - n n - - virtual",
             "anvil unix - - n - 1 anvil",
             "scache unix - - n - 1 scache",
+            "tlsmgr unix - - n 1000? 1 tlsmgr",
             "postlog unix-dgram n - n - 1 postlogd",
         ]
         return "\n".join(services) + "\n"

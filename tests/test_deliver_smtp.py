@@ -702,3 +702,38 @@ def test_postfix_refusing_the_recipient_is_a_counted_rejection(home: Home, postf
         assert re.search(r"refused RCPT TO: 550 5\.1\.1 <nobody@fetchpop\.test>", result.stderr)
         assert "message uid-1 not delivered (attempt 1 of 3)" in result.stderr
         assert deles(pop) == []
+
+
+def test_postfix_starttls_is_verified_and_taken(home: Home, tmp_path: Path) -> None:
+    """A Postfix offering STARTTLS with a certificate from a test CA: refused
+    unverified (69, nothing sent), taken with smtp_ca_file."""
+    from postfix import Postfix, require_postfix
+
+    require_postfix()
+    ca = trustme.CA()
+    cert = ca.issue_cert("localhost", "127.0.0.1")
+    key_file, cert_file, ca_file = tmp_path / "key.pem", tmp_path / "cert.pem", tmp_path / "ca.pem"
+    cert.private_key_pem.write_to_path(str(key_file))
+    cert_file.write_bytes(b"".join(blob.bytes() for blob in cert.cert_chain_pems))
+    ca.cert_pem.write_to_path(str(ca_file))
+    tls = (
+        f"smtpd_tls_security_level = may\nsmtpd_tls_cert_file = {cert_file}\n"
+        f"smtpd_tls_key_file = {key_file}\nsmtpd_tls_received_header = yes\n"
+    )
+    with Postfix(mailboxes=("alice",), extra_config=tls) as server, servers() as (pop, _):
+        deliver = f"smtp:127.0.0.1:{server.port}"
+        keys = {"recipient": "alice@fetchpop.test", "timeout": 30}
+        configure(home, pop, _, deliver=deliver, **keys)
+        result = sync(home)
+        assert result.code == 69, result
+        assert "did not verify" in problems(result)[0]
+        assert deles(pop) == []
+        configure(home, pop, _, deliver=deliver, smtp_ca_file=str(ca_file), **keys)
+        result = sync(home)
+        assert result.code == 0, result
+        assert pop.mailbox.messages == []
+        maildir = server.mailbox("alice")
+        got = server.wait_delivered(maildir, len(MESSAGES))
+        assert got == sorted(as_postfix_keeps(stored(m)) for m in MESSAGES)
+        files = [p.read_bytes() for sub in ("new", "cur") for p in (maildir / sub).glob("*")]
+        assert all(b"(using TLSv1." in f.split(b"\n\n")[0] for f in files)  # its Received: line
