@@ -737,3 +737,21 @@ def test_postfix_starttls_is_verified_and_taken(home: Home, tmp_path: Path) -> N
         assert got == sorted(as_postfix_keeps(stored(m)) for m in MESSAGES)
         files = [p.read_bytes() for sub in ("new", "cur") for p in (maildir / sub).glob("*")]
         assert all(b"(using TLSv1." in f.split(b"\n\n")[0] for f in files)  # its Received: line
+
+
+def test_the_transcript_shows_no_credential() -> None:
+    from fetchpop.deliver import DeliverySpec, ServerOptions, open_target
+
+    with FakeSMTP(users={"bob": "hunter2"}) as smtp:
+        lines: list[str] = []
+        options = ServerOptions(recipient="alice", user="bob")
+        spec = DeliverySpec("smtp", host="127.0.0.1", port=smtp.port, server=options)
+        target = open_target(spec, password=lambda: "hunter2", log=lines.append)
+        delivery = target.begin("uid-1")
+        delivery.write(MESSAGES[0])
+        delivery.finish()
+        target.close()
+    assert "C: MAIL FROM:<bob@example.org> SIZE=" in "\n".join(lines)
+    assert "C: AUTH PLAIN ***" in lines
+    assert "S: 235 2.7.0 ok" in lines
+    assert not any("hunter2" in line or "aHVudGVy" in line or "AGJvYgBo" in line for line in lines)
