@@ -27,6 +27,7 @@ import tempfile
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from dovecot import DovecotUser
@@ -124,13 +125,13 @@ def test_fetchmail_accounts_options_and_warnings(tmp_path: Path) -> None:
         "auth": "apop",
         "tls": "starttls",  # fetchmail's opportunistic STARTTLS, made mandatory
         "port": 110,
-        "deliver": "mda:/usr/sbin/sendmail -oi -- alice",
+        "deliver": "smtp:localhost:25",  # fetchmail's default: SMTP to localhost
+        "recipient": "alice",
         "keep": False,  # no keep beats the defaults' keep
     }
     backup_text = warnings_of(result, 1)
     assert "'skip' entry" in backup_text
     assert "require STARTTLS" in backup_text
-    assert "forwarded mail by SMTP" in backup_text
     file_warnings = "\n".join(result.warnings)
     assert "set daemon" in file_warnings
     assert "proto imap is not POP3; not imported" in file_warnings
@@ -208,7 +209,21 @@ poll b.example.org via real-b.example.org proto pop3 port 1110
 skip c.example.org proto apop user cc
 poll d.example.org proto imap user dd
 poll e.example.org proto pop3 timeout 20 user "e\x41\0102\65" ssl sslproto "" no keep
+poll f.example.org proto pop3 user ff is carol here smtphost mail.example.org/2525 smtpname c@x.org
+poll g.example.org proto pop3 user gg lmtp smtphost /run/dovecot/lmtp
+poll h.example.org proto pop3 user hh lmtp smtphost lmtp.example.org/24 smtpaddress example.org
 """
+
+
+def forwarded(user: dict[str, Any]) -> str:
+    """Where fetchmail forwards a user's mail, as its --configdump says (its
+    first smtphost, HOST/PORT or an LMTP socket's path; port 25 for SMTP)."""
+    first = (user["smtphunt"] or ["localhost"])[0]
+    kind = "lmtp" if user["lmtp"] else "smtp"
+    if first.startswith("/"):
+        return f"{kind}:{first}"
+    host, _, port = first.partition("/")
+    return f"{kind}:{host}:{port or 25}"
 
 
 def test_fetchmail_reader_agrees_with_fetchmail(tmp_path: Path) -> None:
@@ -242,7 +257,7 @@ def test_fetchmail_reader_agrees_with_fetchmail(tmp_path: Path) -> None:
                     "implicit" if user["ssl"] else "starttls",
                     "apop" if server["protocol"] == "APOP" else None,
                     bool(user["keep"]),
-                    user["mda"] and "mda:" + as_command(user["mda"]),
+                    "mda:" + as_command(user["mda"]) if user["mda"] else forwarded(user),
                     user["limit"] or None,
                     user["fetchlimit"] or None,
                     server["timeout"] if server["timeout"] != 300 else None,
@@ -257,7 +272,7 @@ def test_fetchmail_reader_agrees_with_fetchmail(tmp_path: Path) -> None:
             a.keys["tls"],
             a.keys.get("auth"),
             a.keys["keep"],
-            a.keys["deliver"] if "mda:/usr/sbin/sendmail" not in str(a.keys["deliver"]) else None,
+            a.keys["deliver"],
             a.keys.get("max_size"),
             a.keys.get("max_messages"),
             a.keys.get("timeout"),
@@ -265,7 +280,9 @@ def test_fetchmail_reader_agrees_with_fetchmail(tmp_path: Path) -> None:
         for a in result.accounts
     ]
     assert got == expected
-    assert len(got) == 5
+    assert len(got) == 8
+    recipients = [a.keys.get("recipient") for a in result.accounts[5:]]
+    assert recipients == ["c@x.org", "alice", "alice@example.org"]  # ENV: USER=alice
 
 
 def test_fetchmail_unterminated_string_is_a_config_error(tmp_path: Path) -> None:
@@ -597,6 +614,30 @@ def test_getmail_plain_pop3_mboxrd_and_mda(tmp_path: Path) -> None:
         "type = MDA_external\npath = /usr/bin/procmail", "type = Mboxrd\npath = ~/mbox"
     )
     assert read("getmail", mbox, tmp_path).accounts[0].keys["deliver"] == "mbox:~/mbox"
+
+
+@pytest.mark.parametrize(
+    ("destination", "deliver", "recipient"),
+    [
+        ("host = /run/dovecot/lmtp\noverride = alice", "lmtp:/run/dovecot/lmtp", "alice"),
+        ("host = lmtp.example.org\nport = 24", "lmtp:lmtp.example.org:24", None),
+        ("host = ::1", "lmtp:[::1]:2003", None),  # getmail's port: smtplib's LMTP_PORT
+    ],
+)
+def test_getmail_mda_lmtp(
+    tmp_path: Path, destination: str, deliver: str, recipient: str | None
+) -> None:
+    rc = (
+        "[retriever]\ntype = SimplePOP3SSLRetriever\nserver = h\nusername = u\n"
+        f"[destination]\ntype = MDA_lmtp\n{destination}\nfallback = postmaster\n"
+    )
+    result = read("getmail", rc, tmp_path)
+    (account,) = result.accounts
+    assert account.keys["deliver"] == deliver
+    assert account.keys.get("recipient") == recipient
+    text = warnings_of(result)
+    assert "[destination] fallback not copied" in text
+    assert ("the recipient the message names" in text) == (recipient is None)
 
 
 @pytest.mark.parametrize(

@@ -41,10 +41,6 @@ _NOT_SUPPORTED = {
     "fetchall": "fetchpop fetches only messages it has not delivered before",
     "idle": "IDLE is IMAP only",
     "folder": "POP3 has no folders",
-    "smtphost": "fetchpop does not forward by SMTP",
-    "smtpaddress": "fetchpop does not forward by SMTP",
-    "smtpname": "fetchpop does not forward by SMTP",
-    "lmtp": "fetchpop does not forward by SMTP or LMTP",
     "antispam": "fetchpop does not forward by SMTP",
     "preconnect": "run the command before fetchpop instead",
     "postconnect": "run the command after fetchpop instead",
@@ -61,8 +57,6 @@ _NOT_SUPPORTED = {
     "interface": "not supported",
     "monitor": "not supported",
     "principal": "Kerberos is not supported",
-    "esmtpname": "fetchpop does not forward by SMTP",
-    "esmtppassword": "fetchpop does not forward by SMTP",
     "qvirtual": "multidrop mailboxes are not supported",
     "aka": "multidrop mailboxes are not supported",
     "local": "multidrop mailboxes are not supported",
@@ -90,7 +84,7 @@ _POP3 = {"auto", "apop", "pop3", "rpop", "sdps"}
 _COPIED = {
     "via", "proto", "port", "service", "ssl", "sslproto", "sslcertfile", "sslfingerprint",
     "auth", "pass", "mda", "bsmtp", "keep", "limit", "fetchlimit", "timeout", "smtphost",
-    "unknown", "is", "to",
+    "smtpaddress", "smtpname", "lmtp", "esmtpname", "esmtppassword", "unknown", "is", "to",
 }  # fmt: skip
 
 
@@ -221,7 +215,8 @@ def _login(account: ImportedAccount, options: dict[str, object]) -> None:
 def _delivery(
     account: ImportedAccount, user: User, options: dict[str, object], environ: Mapping[str, str]
 ) -> None:
-    """``deliver``: the ``mda``, else sendmail to the local name (fetchmail used SMTP)."""
+    """``deliver``: the ``mda``; else SMTP or LMTP as fetchmail forwarded (to
+    ``smtphost``, by default localhost port 25), to the local name."""
     if "mda" in options:
         command = str(options["mda"])
         if re.search(r"%[TFs]", command):
@@ -230,19 +225,48 @@ def _delivery(
             )
         account.keys["deliver"] = "mda:" + as_command(command)
         return
-    if "bsmtp" in options:
-        account.warn("bsmtp delivery is not supported; mail goes to sendmail instead")
-    elif options.get("smtphost"):
-        account.warn("fetchpop does not forward by SMTP (smtphost); mail goes to sendmail instead")
-    else:
-        account.warn(
-            "fetchmail forwarded mail by SMTP to localhost; fetchpop hands it to "
-            "/usr/sbin/sendmail instead (edit deliver to use a Maildir)"
-        )
     if len(user.locals) > 1:
         account.warn("multidrop (several local names) is not supported; the first is used")
     local = user.locals[0] if user.locals else local_user(environ)
-    account.keys["deliver"] = "mda:/usr/sbin/sendmail -oi -- " + as_command(local)
+    if "bsmtp" in options:
+        account.warn("bsmtp delivery is not supported; mail goes to sendmail instead")
+        account.keys["deliver"] = "mda:/usr/sbin/sendmail -oi -- " + as_command(local)
+        return
+    _forwarding(account, local, options)
+
+
+def _forwarding(account: ImportedAccount, local: str, options: dict[str, object]) -> None:
+    """fetchmail's SMTP or LMTP forwarding: the first ``smtphost`` (``HOST``,
+    ``HOST/PORT``, or for LMTP a socket's ``/PATH``), the envelope recipient
+    (``smtpname``, or the local name with ``@smtpaddress``), ESMTP AUTH."""
+    lmtp = options.get("lmtp") is True
+    hosts = options.get("smtphost") or ["localhost"]
+    assert isinstance(hosts, list)
+    if len(hosts) > 1:
+        account.warn(f"smtphost lists {len(hosts)} hosts; fetchpop forwards to the first only")
+    first = str(hosts[0])
+    if lmtp and first.startswith("/"):
+        account.keys["deliver"] = f"lmtp:{first}"
+    else:
+        host, _, port = first.partition("/")
+        if lmtp and not port:
+            account.warn("lmtp without a port in smtphost: fetchpop uses port 24; check it")
+        port = port or ("24" if lmtp else "25")
+        shown = f"[{host}]" if ":" in host else host
+        account.keys["deliver"] = f"{'lmtp' if lmtp else 'smtp'}:{shown}:{port}"
+    if options.get("smtpname"):
+        account.keys["recipient"] = str(options["smtpname"])
+    elif options.get("smtpaddress"):
+        account.keys["recipient"] = f"{local}@{options['smtpaddress']}"
+    else:
+        account.keys["recipient"] = local
+    if options.get("esmtpname") and not lmtp:
+        account.keys["smtp_user"] = str(options["esmtpname"])
+    if options.get("esmtppassword"):
+        account.warn(
+            "the esmtppassword was not copied; put it in smtp_password_command (or "
+            "smtp_password, in this private file)"
+        )
 
 
 def _keep_and_limits(account: ImportedAccount, options: dict[str, object]) -> None:

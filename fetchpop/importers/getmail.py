@@ -57,6 +57,7 @@ _NOT_SUPPORTED = {
         "ignore_stderr": "fetchpop reports MDA errors",
         "allow_root_commands": "not needed",
         "pipe_stdout": "fetchpop discards the MDA's output",
+        "fallback": "fetchpop delivers to one recipient (a 5xx counts towards skipping)",
     },
     "options": {
         "delete_bigger_than": "fetchpop leaves larger messages on the server (see max_size)",
@@ -78,7 +79,7 @@ _SILENT = {"options": {"verbose"}, "retriever": {"type"}, "destination": {"type"
 _COPIED = {
     "retriever": {"server", "username", "port", "ca_certs", "ssl_fingerprints",
                   "use_apop", "password", "password_command", "timeout"},
-    "destination": {"path", "arguments"},
+    "destination": {"path", "arguments", "host", "port", "override"},
     "options": {"delete", "read_all", "delete_after", "max_message_size",
                 "max_messages_per_session"},
 }  # fmt: skip
@@ -247,10 +248,33 @@ def _destination(account: ImportedAccount, d: configparser.SectionProxy, path: P
                 "edit deliver"
             )
         account.keys["deliver"] = "mda:" + shlex.join((target, *args))
+    elif kind == "MDA_lmtp" and d.get("host", "").strip():
+        _lmtp(account, d, path)
     else:
         raise ConfigError(
             f"{path}: [destination] type {sanitize(kind)}: fetchpop delivers only to "
-            "Maildir, Mboxrd or MDA_external"
+            "Maildir, Mboxrd, MDA_external or MDA_lmtp"
+        )
+
+
+def _lmtp(account: ImportedAccount, d: configparser.SectionProxy, path: Path) -> None:
+    """MDA_lmtp: ``host`` is a unix socket's path or a host name, ``port``
+    (Python's smtplib.LMTP default, 2003) goes with a host; ``override`` is
+    the recipient (without it getmail took the message's own)."""
+    host = d.get("host", "").strip()
+    if host.startswith("/"):
+        account.keys["deliver"] = f"lmtp:{host}"
+    else:
+        port = _int(d, "port", path) or 2003
+        shown = f"[{host}]" if ":" in host else host
+        account.keys["deliver"] = f"lmtp:{shown}:{port}"
+    override = d.get("override", "").strip()
+    if override:
+        account.keys["recipient"] = override
+    else:
+        account.warn(
+            "getmail gave LMTP the recipient the message names; fetchpop gives the one "
+            "in recipient (default: your user name): check it"
         )
 
 
