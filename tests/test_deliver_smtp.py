@@ -755,3 +755,23 @@ def test_the_transcript_shows_no_credential() -> None:
     assert "C: AUTH PLAIN ***" in lines
     assert "S: 235 2.7.0 ok" in lines
     assert not any("hunter2" in line or "aHVudGVy" in line or "AGJvYgBo" in line for line in lines)
+
+
+def test_an_idle_connection_is_asked_with_noop_before_the_next_message(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import fetchpop.deliver.smtp as smtp_target
+    from fetchpop.deliver import DeliverySpec, ServerOptions, open_target
+
+    monkeypatch.setattr(smtp_target, "IDLE_CHECK", 0.0)
+    with FakeSMTP(lmtp=True) as smtp:
+        options = ServerOptions(recipient="alice")
+        target = open_target(DeliverySpec("lmtp", host="127.0.0.1", port=smtp.port, server=options))
+        for message in MESSAGES[:2]:
+            delivery = target.begin("uid")
+            delivery.write(message)
+            delivery.finish()
+        target.close()
+    assert delivered(smtp) == sorted(MESSAGES[:2])
+    assert len(smtp.sessions) == 1
+    assert b"NOOP" in smtp.sessions[0].commands
