@@ -438,7 +438,8 @@ def test_a_drop_after_the_final_dot_is_try_again_later_and_at_least_once(
     home: Home, lmtp: bool
 ) -> None:
     """The server kept the message but its reply was lost: fetchpop cannot know,
-    so it stays on the POP3 server, unrecorded, and comes again (at least once)."""
+    so it stays on the POP3 server, unrecorded, and comes again (at least
+    once), said in one line by the next run."""
     with servers(lmtp=lmtp, faults={"message": DROP}) as (pop, smtp):
         configure(home, pop, smtp)
         result = sync(home)
@@ -450,6 +451,8 @@ def test_a_drop_after_the_final_dot_is_try_again_later_and_at_least_once(
         smtp.faults.clear()
         result = sync(home)
         assert result.code == 0, result
+        (line,) = problems(result)
+        assert re.search(r"message uid-1 is delivered again: an interrupted run may have", line)
         assert pop.mailbox.messages == []
         assert delivered(smtp) == sorted(stored(m) for m in [MESSAGES[0], *MESSAGES])
 

@@ -28,9 +28,10 @@ recipient, RFC 2033 section 4.2) decides, as any refusal before it does:
 The connection is made at the first message (recovery opens a target and
 asks it nothing), kept for the next ones, and made again when the server
 closed it meanwhile. Like an MDA, a server leaves nothing fetchpop could
-look for later: after a crash between the server's 2xx and the record, the
-message is delivered again (at least once, never lost; ``delivered()`` is
-None and ``confirm()`` False).
+look for later: after a crash between the server's 2xx and the record, or
+an error after the final dot went out (``outcome_unknown``: the intent
+stays), the next run delivers the message again and says so (at least
+once, never lost; ``delivered()`` is None and ``confirm()`` False).
 
 TLS (``smtp_tls``): ``auto`` does STARTTLS where offered, verified as POP3's
 TLS is (the same transport and policy: CA or ``smtp_ca_file``, TLS >= 1.2,
@@ -307,12 +308,14 @@ class ServerTarget:
         except _NAMED as exc:
             self._drop()
             named = self._named(exc)
-            # After the final dot the server may have kept the message: the
-            # session may keep its intent, so the next run says "again".
-            named.maybe_delivered = client.dot_sent  # type: ignore[attr-defined]
+            # After the final dot the server may have kept the message: its
+            # intent stays, and the next run says it is delivered again.
+            named.outcome_unknown = client.dot_sent
             raise named from exc
-        except BaseException:
+        except BaseException as exc:
             self._drop()
+            if isinstance(exc, FetchpopError) and client.dot_sent:
+                exc.outcome_unknown = True  # (a signal while the reply was awaited)
             raise
         self._used = time.monotonic()
         if reply.kind != 2:
