@@ -131,7 +131,9 @@ def test_flags_internal_date_starttls_and_a_new_mailbox(imap_dovecot: Dovecot, h
     dc.add_messages(src.user, [dated, MESSAGES[1]])
     home.write_config(
         _dovecot_account(
-            dc, src, dst,
+            dc,
+            src,
+            dst,
             deliver=f"imap://{dst.user}@localhost:{dc.imap_port}/Archive.Entwürfe",
             imap_tls="starttls",
             imap_flags=r"\Seen $Fetched",
@@ -148,8 +150,9 @@ def test_flags_internal_date_starttls_and_a_new_mailbox(imap_dovecot: Dovecot, h
     assert len(lines) == 2
     assert all("\\Seen" in ln and "$Fetched" in ln for ln in lines)
     dates = [
-        datetime.datetime.strptime(re.findall(r'INTERNALDATE "([^"]+)"', ln)[0].strip(),
-                                   "%d-%b-%Y %H:%M:%S %z")
+        datetime.datetime.strptime(
+            re.findall(r'INTERNALDATE "([^"]+)"', ln)[0].strip(), "%d-%b-%Y %H:%M:%S %z"
+        )
         for ln in lines
     ]
     utc = datetime.UTC
@@ -166,8 +169,9 @@ def test_wrong_imap_password_deletes_nothing(imap_dovecot: Dovecot, home: Home) 
     result = home.run("sync")
     assert result.code == 77, result
     assert "not-the-password" not in result.stderr
-    assert re.search(r"^fetchpop: home: IMAP login refused: NO \[AUTHENTICATIONFAILED\]",
-                     result.stderr, re.M), result
+    assert re.search(
+        r"^fetchpop: home: IMAP login refused: NO \[AUTHENTICATIONFAILED\]", result.stderr, re.M
+    ), result
     assert dc.count(src.user) == 4
     assert _maildir_files(dst.maildir) == []
 
@@ -267,8 +271,9 @@ def servers(
         pop.close()
 
 
-def configure(home: Home, pop: FakePOP3, imap: FakeIMAP, mailbox: str = "INBOX",
-              **keys: object) -> None:
+def configure(
+    home: Home, pop: FakePOP3, imap: FakeIMAP, mailbox: str = "INBOX", **keys: object
+) -> None:
     base: dict[str, object] = {
         "host": "127.0.0.1",
         "port": pop.port,
@@ -326,10 +331,20 @@ def test_without_literal_plus_waits_for_the_continuation(home: Home) -> None:
 REFUSALS = [
     ("login-no", [Fault("LOGIN", "no")], 77, r"IMAP login refused", 0),
     ("greeting-bye", [Fault("greeting", "refuse")], 69, r"refused the connection", 0),
-    ("status-unavailable", [Fault("STATUS", "no", code="UNAVAILABLE")], 75,
-     r"IMAP mailbox INBOX: NO \[UNAVAILABLE\]", 0),
-    ("append-overquota", [Fault("APPEND", "no", code="OVERQUOTA")], 75,
-     r"refused the message \(NO \[OVERQUOTA\].*stays on the server", 0),
+    (
+        "status-unavailable",
+        [Fault("STATUS", "no", code="UNAVAILABLE")],
+        75,
+        r"IMAP mailbox INBOX: NO \[UNAVAILABLE\]",
+        0,
+    ),
+    (
+        "append-overquota",
+        [Fault("APPEND", "no", code="OVERQUOTA")],
+        75,
+        r"refused the message \(NO \[OVERQUOTA\].*stays on the server",
+        0,
+    ),
     ("append-bad", [Fault("APPEND", "bad")], 76, r"APPEND is bad", 0),
     ("append-drop", [Fault("APPEND", "drop")], 75, r"closed by server", 0),
     ("login-drop", [Fault("LOGIN", "drop")], 75, r"closed by server", 0),
@@ -369,8 +384,10 @@ def test_a_rejected_message_stays_and_the_others_go(home: Home) -> None:
         configure(home, pop, imap)
         result = sync(home, pop)
         assert result.code == 73, result
-        assert any("message uid-1 not delivered (attempt 1 of 3)" in ln
-                   and "[TOOBIG]" in ln for ln in problems(result)), result
+        assert any(
+            "message uid-1 not delivered (attempt 1 of 3)" in ln and "[TOOBIG]" in ln
+            for ln in problems(result)
+        ), result
         assert imap.messages() == [crlf(m) for m in MESSAGES[1:]]
         assert "1" not in dele(pop)
         assert pop.mailbox.messages == [crlf(MESSAGES[0])]
@@ -403,8 +420,9 @@ def test_a_mailbox_that_cannot_be_created_fails_the_account(home: Home) -> None:
         configure(home, pop, imap, mailbox="Archive")
         result = sync(home, pop)
         assert result.code == 73, result
-        assert re.search(r"IMAP mailbox Archive cannot be created: NO \[NOPERM\]",
-                         result.stderr), result
+        assert re.search(r"IMAP mailbox Archive cannot be created: NO \[NOPERM\]", result.stderr), (
+            result
+        )
         assert dele(pop) == [] and imap.names().count("APPEND") == 0
 
 
@@ -418,8 +436,9 @@ def test_sigkill_then_a_server_that_cannot_search_is_at_least_once_and_said(
         imap.faults[:1] = []
         result = sync(home, pop)
         assert result.code == 0, result
-        assert re.search(r"cannot search INBOX .* appended again \(at least once\)",
-                         result.stderr), result
+        assert re.search(
+            r"cannot search INBOX .* appended again \(at least once\)", result.stderr
+        ), result
         got = imap.messages()
         assert got.count(crlf(MESSAGES[0])) == 2
         assert sorted(set(got)) == sorted(crlf(m) for m in MESSAGES)
@@ -514,8 +533,9 @@ def test_sigkill_without_message_id_is_at_least_once_and_said(home: Home) -> Non
         imap.faults.clear()
         result = sync(home, pop)
         assert result.code == 0, result
-        assert re.search(r"without Message-ID .* appended again \(at least once\)",
-                         result.stderr), result
+        assert re.search(
+            r"without Message-ID .* appended again \(at least once\)", result.stderr
+        ), result
         assert imap.messages() == [crlf(bare[0]), crlf(bare[0]), crlf(bare[1])]
         assert pop.mailbox.messages == []
 
@@ -532,13 +552,13 @@ def _target(imap: FakeIMAP, **settings: Any) -> Any:
 def test_xoauth2_login_with_the_token_source() -> None:
     caps = (*DEFAULT_CAPS, "AUTH=XOAUTH2")
     with FakeIMAP(token="ya29.token", caps=caps) as imap:
-        target = open_target(_target(imap, auth="xoauth2"), imap_secret=lambda: "ya29.token")
+        target = open_target(_target(imap, auth="xoauth2"), secret=lambda: "ya29.token")
         delivery = target.begin("u1")
         delivery.write(MESSAGES[0])
         delivery.finish()
         target.close()
         assert imap.messages() == [crlf(MESSAGES[0])]
-        wrong = open_target(_target(imap, auth="xoauth2"), imap_secret=lambda: "ya29.stale")
+        wrong = open_target(_target(imap, auth="xoauth2"), secret=lambda: "ya29.stale")
         with pytest.raises(AuthError) as caught:
             wrong.reserve(1)
         assert "ya29" not in str(caught.value)
@@ -584,15 +604,17 @@ def test_parser_reads_literals_codes_and_continuations() -> None:
     assert cont is not None and cont.kind == "continue"
     status = parser.next()
     assert status is not None and protocol.status_items(status.data) == {
-        "UIDNEXT": 7, "UIDVALIDITY": 9
+        "UIDNEXT": 7,
+        "UIDVALIDITY": 9,
     }
     done = parser.next()
     assert done is not None and protocol.appenduid(done.code) == (9, 7)
     assert parser.next() is None
-    parser.feed(b'* STATUS {0}\r\n (UIDNEXT 1 UIDVALIDITY 2)\r\n')
+    parser.feed(b"* STATUS {0}\r\n (UIDNEXT 1 UIDVALIDITY 2)\r\n")
     empty = parser.next()
     assert empty is not None and protocol.status_items(empty.data) == {
-        "UIDNEXT": 1, "UIDVALIDITY": 2
+        "UIDNEXT": 1,
+        "UIDVALIDITY": 2,
     }
     assert parser.next() is None
     parser.feed(b"* " + b"x" * (protocol.MAX_LINE + 10))
@@ -644,7 +666,10 @@ def test_imap_keys_travel_with_the_target(tmp_path: Path) -> None:
     settings = account.deliver.imap
     assert settings is not None
     assert (settings.tls, settings.auth, settings.keep_date, settings.timeout) == (
-        "starttls", "plain", True, 7.0
+        "starttls",
+        "plain",
+        True,
+        7.0,
     )
     assert settings.flags == ("\\Seen", "$Fetched")
     assert settings.password_argv == ("printf", "s3cret\\n")
@@ -674,3 +699,32 @@ def test_imap_keys_refuse_what_cannot_work(
 
     with pytest.raises(ConfigError, match=pattern):
         _load(tmp_path, **keys)
+
+
+def test_a_real_sync_takes_the_imap_password_from_the_keyring(home: Home, tmp_path: Path) -> None:
+    """No imap_password in the file: fetchpop sync hands the target the IMAP
+    side's password source, whose keyring entry is USER@HOST of the IMAP side."""
+    import json
+    import os
+
+    backend = tmp_path / "keyring-backend"
+    backend.mkdir()
+    source = Path(__file__).with_name("filekeyring.py").read_text()
+    (backend / "fptestkeyring.py").write_text(source)
+    store = tmp_path / "keyring.json"
+    with servers() as (pop, imap):
+        store.write_text(json.dumps({"fetchpop": {"bob@127.0.0.1": "imap-secret"}}))
+        configure(home, pop, imap, imap_password=None)
+        text = home.config_path.read_text()
+        home.write_config("\n".join(ln for ln in text.splitlines() if "imap_password" not in ln))
+        env = {
+            "PYTHONPATH": os.pathsep.join(
+                p for p in (str(backend), os.environ.get("PYTHONPATH")) if p
+            ),
+            "PYTHON_KEYRING_BACKEND": "fptestkeyring.FileKeyring",
+            "TEST_KEYRING_FILE": str(store),
+        }
+        result = home.run("sync", env=env, timeout=60)
+        assert result.code == 0, result
+        assert sorted(imap.messages()) == sorted(crlf(m) for m in MESSAGES)
+        assert pop.mailbox.messages == []

@@ -302,9 +302,23 @@ def test_smtp_tls_off_and_starttls_required(home: Home, tls_ca: trustme.CA) -> N
         assert smtp.messages == [] and deles(pop) == []
 
 
+@pytest.mark.parametrize("source", ["smtp_password", "smtp_password_command"])
+def test_a_real_sync_logs_in_to_the_smtp_server(home: Home, source: str) -> None:
+    """fetchpop sync hands the target its password source: AUTH as smtp_user,
+    the password asked once for the run, never shown under -vv."""
+    with servers(users={"bob": "hunter2"}) as (pop, smtp):
+        secret = "hunter2" if source == "smtp_password" else "echo hunter2"
+        configure(home, pop, smtp, smtp_user="bob", smtp_tls="off", **{source: secret})
+        result = sync(home, "-vv")
+        assert result.code == 0, result
+        assert pop.mailbox.messages == []
+        assert delivered(smtp) == sorted(stored(m) for m in MESSAGES)
+        assert "hunter2" not in result.stderr and "aHVudGVyMg" not in result.stderr
+        assert "AUTH PLAIN" in result.stderr  # the target's transcript, under -vv
+
+
 def test_auth_with_the_smtp_password_sources(tmp_path: Path) -> None:
-    """AUTH through the target (the session's wiring of the password source
-    is the lead's; see the report): PLAIN, then LOGIN, with the password from
+    """AUTH through the target: PLAIN, then LOGIN, with the password from
     smtp_password_command, and a refused one."""
     from fetchpop.config import Account, load_config
     from fetchpop.deliver import DeliverySpec, open_target
@@ -315,7 +329,7 @@ def test_auth_with_the_smtp_password_sources(tmp_path: Path) -> None:
         return lambda: get_smtp_password(account)
 
     def send(spec: DeliverySpec, account: Account) -> None:
-        target = open_target(spec, password=source(account))
+        target = open_target(spec, secret=source(account))
         try:
             delivery = target.begin("uid-1")
             delivery.write(MESSAGES[0])
@@ -452,7 +466,11 @@ def test_a_drop_after_the_final_dot_is_try_again_later_and_at_least_once(
         result = sync(home)
         assert result.code == 0, result
         (line,) = problems(result)
-        assert re.search(r"message uid-1 is delivered again: an interrupted run may have", line)
+        server = "LMTP" if lmtp else "SMTP"
+        assert re.search(
+            rf"message uid-1 is delivered again: .* handed it to the {server} server already",
+            line,
+        )
         assert pop.mailbox.messages == []
         assert delivered(smtp) == sorted(stored(m) for m in [MESSAGES[0], *MESSAGES])
 
@@ -749,7 +767,7 @@ def test_the_transcript_shows_no_credential() -> None:
         lines: list[str] = []
         options = ServerOptions(recipient="alice", user="bob")
         spec = DeliverySpec("smtp", host="127.0.0.1", port=smtp.port, server=options)
-        target = open_target(spec, password=lambda: "hunter2", log=lines.append)
+        target = open_target(spec, secret=lambda: "hunter2", log=lines.append)
         delivery = target.begin("uid-1")
         delivery.write(MESSAGES[0])
         delivery.finish()

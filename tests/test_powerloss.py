@@ -128,7 +128,7 @@ os.fsync(fd)
 os.close(fd)
 """
 
-AGAIN = "is delivered again: an interrupted run may have handed it to the MDA already"
+AGAIN = "is delivered again: an interrupted run may have handed it to the MDA already, which"
 
 
 def _messages(kind: str) -> list[bytes]:

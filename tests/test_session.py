@@ -293,6 +293,6 @@ def test_knowing_redelivery_through_an_mda_is_said(tmp_path: Path) -> None:
         assert result.fetched == 1
         assert (
             "message uid-1 is delivered again: an interrupted run may have handed it to the "
-            "MDA already, and an MDA cannot be asked"
+            "MDA already, which cannot be asked"
         ) in result.warnings
         assert len(list(out.iterdir())) == 1

@@ -217,8 +217,16 @@ def oauth() -> None:
     metavar="PORT",
     help="Loopback port for the browser's redirect (default: any free one).",
 )
-def oauth_login(account: str, device: bool, no_browser: bool, port: int) -> None:
-    """Sign ACCOUNT in with OAuth2; the refresh token goes to the system keyring."""
+@click.option(
+    "--imap",
+    is_flag=True,
+    help="Sign in the imap:// target's own provider (imap_oauth_provider).",
+)
+def oauth_login(account: str, device: bool, no_browser: bool, port: int, imap: bool) -> None:
+    """Sign ACCOUNT in with OAuth2; the refresh token goes to the system keyring.
+
+    An account whose only OAuth2 provider is its imap:// target's
+    (imap_oauth_provider) signs that in without --imap."""
     env = current_env()
 
     def run() -> int:
@@ -227,16 +235,22 @@ def oauth_login(account: str, device: bool, no_browser: bool, port: int) -> None
         from fetchpop.secrets import (
             OAUTH_KEYRING_SERVICE,
             OAuthTokenStore,
+            imap_keyring_username,
             keyring_username,
             require_keyring,
         )
 
         (acct,) = env.load_config().select([account])
-        if acct.oauth_provider is None:
+        side = imap or (acct.oauth_provider is None and acct.imap_oauth_provider is not None)
+        if side and acct.imap_oauth_provider is None:
+            raise ConfigError(
+                f'account "{acct.name}": imap_oauth_provider is not set (see fetchpop-config(5))'
+            )
+        if acct.oauth_provider is None and not side:
             raise ConfigError(
                 f'account "{acct.name}": oauth_provider is not set (see fetchpop-config(5))'
             )
-        provider = oa.provider_for(acct)
+        provider = oa.imap_provider_for(acct) if side else oa.provider_for(acct)
         require_keyring()  # before the user signs in: the refresh token goes nowhere else
         http = oa.HttpClient(timeout=acct.timeout)
         if device:
@@ -253,10 +267,11 @@ def oauth_login(account: str, device: bool, no_browser: bool, port: int) -> None
                 show_error=lambda line: env.error(f"{acct.name}: {line}"),
                 port=port,
             )
-        OAuthTokenStore(acct).save(tokens.to_record(provider))
+        OAuthTokenStore(acct, imap=side).save(tokens.to_record(provider))
+        username = imap_keyring_username(acct) if side else keyring_username(acct)
         env.info(
             f"{acct.name}: signed in; the refresh token is in the system keyring "
-            f"(service {OAUTH_KEYRING_SERVICE}, username {keyring_username(acct)})",
+            f"(service {OAUTH_KEYRING_SERVICE}, username {username})",
             level=0,
         )
         return 0

@@ -99,27 +99,52 @@ class Environment:
         def get() -> str:
             from fetchpop.secrets import get_password
 
-            prompt = None
-            if self.stdin_isatty:
-                import getpass
-
-                prompt = getpass.getpass
-            return get_password(account, prompt=prompt)
+            return get_password(account, prompt=self._prompt())
 
         return get
 
-    def _access_tokens(self, account: Account) -> Callable[[], str]:
+    def target_secret(self, account: Account) -> Callable[[], str] | None:
+        """The delivery server's secret, fetched only when it logs in: the
+        ``smtp_user``'s password, or an imap:// target's password or OAuth2
+        access token (its own sign-in, or the account's: one serves both)."""
+        kind = account.deliver.kind
+        if kind in ("lmtp", "smtp"):
+            from fetchpop.secrets import get_smtp_password
+
+            return lambda: get_smtp_password(account)
+        if kind != "imap":
+            return None
+        if account.imap_auth in ("xoauth2", "oauthbearer"):
+            return self._access_tokens(account, imap=account.imap_oauth_provider is not None)
+
+        def password() -> str:
+            from fetchpop.secrets import get_imap_password
+
+            return get_imap_password(account, prompt=self._prompt())
+
+        return password
+
+    def _prompt(self) -> Callable[[str], str] | None:
+        if not self.stdin_isatty:
+            return None
+        import getpass
+
+        return getpass.getpass
+
+    def _access_tokens(self, account: Account, *, imap: bool = False) -> Callable[[], str]:
+        """Access tokens, refreshed as needed: the account's sign-in, or with
+        *imap* its imap:// target's own (``oauth login --imap``)."""
         tokens: list[Callable[[], str]] = []  # built on first use, then kept for the run
 
         def get() -> str:
             if not tokens:
-                from fetchpop.oauth import AccessTokens, HttpClient, provider_for
+                from fetchpop.oauth import AccessTokens, HttpClient, imap_provider_for, provider_for
                 from fetchpop.secrets import OAuthTokenStore
 
                 tokens.append(
                     AccessTokens(
-                        provider_for(account),
-                        OAuthTokenStore(account),
+                        imap_provider_for(account) if imap else provider_for(account),
+                        OAuthTokenStore(account, imap=imap),
                         account_name=account.name,
                         http=HttpClient(timeout=account.timeout, stop=Signals.reason_now),
                     )

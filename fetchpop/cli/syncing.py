@@ -83,7 +83,7 @@ def sync(
         return combine([c for c, _ in results])
 
     def run() -> int:
-        signals = Signals()
+        signals = Signals(env)
         signals.install()
         if interval is None:
             return once(signals)
@@ -168,6 +168,7 @@ def sync_one(
                 on_message=message_hook(env, account.name, bar),
                 # the totals: what each session is about to fetch
                 on_plan=bar.plan if line.enabled else None,
+                target_secret=env.target_secret(account),
                 now=env.clock,
             )
     finally:

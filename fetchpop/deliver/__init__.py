@@ -238,8 +238,7 @@ def open_target(
     *,
     mbox_lock_timeout: float = 30.0,
     mda_timeout: float = 300.0,
-    password: Callable[[], str] | None = None,
-    imap_secret: Callable[[], str] | None = None,
+    secret: Callable[[], str] | None = None,
     log: Callable[[str], None] | None = None,
 ) -> Target:
     """Open the target *spec* describes.
@@ -248,21 +247,21 @@ def open_target(
     0700). An mbox is created and locked at the first ``begin()``, waiting up
     to *mbox_lock_timeout* seconds for the locks. An MDA gets *mda_timeout*
     seconds to read each chunk and to exit. An LMTP or SMTP target connects
-    at its first message (:mod:`fetchpop.deliver.smtp`); *password* is asked
-    only if it logs in (``smtp_user``), and *log* gets its transcript
-    (``-vv``). An IMAP mailbox is connected to when first needed;
-    *imap_secret* gives its password or OAuth2 access token (without it,
+    at its first message (:mod:`fetchpop.deliver.smtp`); *secret* (its
+    password) is asked only if it logs in (``smtp_user``), and *log* gets its
+    transcript (``-vv``). An IMAP mailbox is connected to when first needed;
+    *secret* gives its password or OAuth2 access token (without it,
     ``imap_password`` or ``imap_password_command``). Raises
     ``DeliveryError`` or ``LocalIOError`` when a Maildir cannot be created.
     """
     if spec.kind == "imap":
         from fetchpop.deliver.imap import ImapTarget
 
-        return ImapTarget(spec, secret=imap_secret)
+        return ImapTarget(spec, secret=secret)
     if spec.kind in SERVER_KINDS:
         from fetchpop.deliver.smtp import ServerTarget
 
-        return ServerTarget(spec, spec.server or ServerOptions(), password=password, log=log)
+        return ServerTarget(spec, spec.server or ServerOptions(), password=secret, log=log)
     if spec.kind == "mda":
         if not spec.command:
             raise ValueError("an mda delivery needs a command")

@@ -51,7 +51,7 @@ from fetchpop.oauth.device import (
 from fetchpop.oauth.errors import OAuthError
 from fetchpop.oauth.errors import _oauth_error as _oauth_error
 from fetchpop.oauth.http import MAX_RESPONSE, HttpClient
-from fetchpop.oauth.providers import PRESETS, Preset, Provider, provider_for
+from fetchpop.oauth.providers import PRESETS, Preset, Provider, imap_provider_for, provider_for
 from fetchpop.oauth.tokens import (
     REFRESH_MARGIN,
     AccessTokens,
@@ -81,6 +81,7 @@ __all__ = [
     "authorization_url",
     "browser_available",
     "code_challenge",
+    "imap_provider_for",
     "login_code",
     "login_device",
     "make_verifier",

@@ -75,6 +75,39 @@ class Provider:
         return form
 
 
+#: The scopes an IMAP APPEND target's own sign-in asks for (imap_oauth_provider).
+IMAP_SCOPES: Mapping[str, tuple[str, ...]] = {
+    "google": ("https://mail.google.com/",),
+    "microsoft": ("https://outlook.office.com/IMAP.AccessAsUser.All", "offline_access"),
+}
+
+
+def imap_provider_for(account: Account) -> Provider:
+    """The provider an imap:// target signs in with: ``imap_oauth_provider``'s
+    preset and the ``imap_oauth_*`` keys, or else the account's own
+    (:func:`provider_for`: one sign-in serves both sides). The client
+    credentials default to the account's when the provider is the same."""
+    name = account.imap_oauth_provider
+    if name is None:
+        return provider_for(account)
+    same = name == account.oauth_provider
+    client_id = account.imap_oauth_client_id or (account.oauth_client_id if same else None)
+    if client_id is None:
+        raise ConfigError(f'account "{account.name}": imap_oauth_client_id is not set')
+    preset = PRESETS[name]
+    return Provider(
+        name=name,
+        client_id=client_id,
+        client_secret=account.imap_oauth_client_secret
+        or (account.oauth_client_secret if same else None),
+        token_url=preset.token_url,
+        auth_url=preset.auth_url,
+        device_url=preset.device_url,
+        scopes=account.imap_oauth_scopes or IMAP_SCOPES[name],
+        auth_params=preset.auth_params,
+    )
+
+
 def provider_for(account: Account) -> Provider:
     """The provider of *account*: its preset, with any endpoint or scope keys overriding.
 

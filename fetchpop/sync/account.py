@@ -53,6 +53,7 @@ def run_account(
     accept_new_uidls: bool = False,
     on_message: Callable[[ServerMessage, int], None] | None = None,
     on_plan: Callable[[list[ServerMessage]], None] | None = None,
+    target_secret: PasswordSource | None = None,
     now: Callable[[], float] = time.time,
 ) -> AccountRun:
     """Sync *account* under its mailbox lock (waiting up to *wait* seconds for
@@ -77,6 +78,7 @@ def run_account(
                 accept_new_uidls=accept_new_uidls,
                 on_message=on_message,
                 on_plan=on_plan,
+                target_secret=target_secret,
                 now=now,
             )
             outcome.result = session.run()

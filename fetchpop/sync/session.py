@@ -108,9 +108,15 @@ def _asked_once(source: PasswordSource) -> PasswordSource:
 
 
 @contextmanager
-def _target(spec: DeliverySpec, account: Account) -> Iterator[Target]:
+def _target(
+    spec: DeliverySpec, account: Account, secret: PasswordSource | None, log: Log | None
+) -> Iterator[Target]:
     target = open_target(
-        spec, mbox_lock_timeout=account.mbox_lock_timeout, mda_timeout=account.mda_timeout
+        spec,
+        mbox_lock_timeout=account.mbox_lock_timeout,
+        mda_timeout=account.mda_timeout,
+        secret=secret,
+        log=log,
     )
     try:
         yield target
@@ -134,10 +140,13 @@ class Session:
         accept_new_uidls: bool = False,
         on_message: Callable[[ServerMessage, int], None] | None = None,
         on_plan: Callable[[list[ServerMessage]], None] | None = None,
+        target_secret: PasswordSource | None = None,
     ) -> None:
         self.account = account
         self.store = store
         self.password = _asked_once(password)
+        #: The delivery server's password or token (smtp_user, an imap:// target).
+        self.target_secret = _asked_once(target_secret) if target_secret else None
         self.log = log
         self.progress = progress
         self.now = now
@@ -173,7 +182,7 @@ class Session:
         assert mailbox is not None
         self._mailbox = mailbox
         self._pipelining = not lock_step_lately(self.store, mailbox)
-        with _target(account.deliver, account) as target:
+        with _target(account.deliver, account, self.target_secret, self.log) as target:
             sessions = 1
             before = self.result.fetched
             self._connection(target)
@@ -272,10 +281,12 @@ class Session:
                 f"{outcome.recorded} message(s) delivered by an interrupted run were recorded"
             )
         self.result.warnings.extend(outcome.damaged)
+        kind = self.account.deliver.kind
+        handed = "the MDA" if kind == "mda" else f"the {kind.upper()} server"
         for uidl in outcome.again:
             self.result.warnings.append(
                 f"message {sanitize(uidl)} is delivered again: an interrupted run may have "
-                "handed it to the MDA already, and an MDA cannot be asked"
+                f"handed it to {handed} already, which cannot be asked"
             )
         for uidl, words in outcome.undecided.items():
             self._undecided.add(uidl)
