@@ -49,30 +49,56 @@ def get_password(
     LF would end the PASS command early and start another: the class of
     CVE-2025-15367 in Python's poplib).
     """
-    if account.password_argv is not None:
-        from_command = _from_command(account.password_argv, account.timeout, run)
-        return _checked(from_command, account, "password_command")
-    if account.password is not None:
-        return _checked(account.password, account, "password")
     who = keyring_username(account)
-    secret, keyring_problem = _from_keyring(who)
-    if secret:
-        return _checked(secret, account, "the system keyring")
-    if prompt is not None:
-        try:
-            secret = prompt(f"Password for {who}: ")
-        except EOFError:
-            secret = ""
-        if not secret:
-            raise AuthError(f"no password entered for {who}")
-        return _checked(secret, account, "the prompt")
-    message = (
-        f"no password available for {who}: set password_command, store one with "
-        f"`fetchpop password set {account.name}`, or run on a terminal"
+    return _first_source(
+        account,
+        (account.password_argv, "password_command"),
+        (account.password, "password"),
+        who=who,
+        what="password",
+        prompt=prompt,
+        run=run,
+        missing=f"no password available for {who}: set password_command, store one with "
+        f"`fetchpop password set {account.name}`, or run on a terminal",
     )
+
+
+def _first_source(
+    account: Account,
+    command: tuple[tuple[str, ...] | None, str],
+    value: tuple[str | None, str],
+    *,
+    who: str | None,
+    what: str,
+    prompt: Prompt | None,
+    run: Runner | None,
+    missing: str,
+) -> str:
+    """A secret from the first source that has one: the command (*command*:
+    its argv and key), the file's value (*value*), the keyring entry *who*
+    and a prompt (none of those two when *who* is None); *missing* is the
+    error when none has it."""
+    argv, argv_key = command
+    if argv is not None:
+        return _checked(_from_command(argv, account.timeout, run), account, argv_key)
+    if value[0] is not None:
+        return _checked(value[0], account, value[1])
+    keyring_problem = None
+    if who is not None:
+        secret, keyring_problem = _from_keyring(who)
+        if secret:
+            return _checked(secret, account, "the system keyring")
+        if prompt is not None:
+            try:
+                secret = prompt(f"{what[0].upper()}{what[1:]} for {who}: ")
+            except EOFError:
+                secret = ""
+            if not secret:
+                raise AuthError(f"no {what} entered for {who}")
+            return _checked(secret, account, "the prompt")
     if keyring_problem:
-        message += f" (the system keyring could not be used: {keyring_problem})"
-    raise AuthError(message)
+        missing += f" (the system keyring could not be used: {keyring_problem})"
+    raise AuthError(missing)
 
 
 def get_smtp_password(account: Account, *, run: Runner | None = None) -> str:
@@ -82,14 +108,16 @@ def get_smtp_password(account: Account, *, run: Runner | None = None) -> str:
     Raises AuthError when the command fails or neither is set, ConfigError
     when the password holds a control character.
     """
-    if account.smtp_password_argv is not None:
-        from_command = _from_command(account.smtp_password_argv, account.timeout, run)
-        return _checked(from_command, account, "smtp_password_command")
-    if account.smtp_password is not None:
-        return _checked(account.smtp_password, account, "smtp_password")
-    raise AuthError(
-        f"no password for smtp_user {sanitize(account.smtp_user or '', limit=80)}: "
-        "set smtp_password_command (or smtp_password in a private config file)"
+    return _first_source(
+        account,
+        (account.smtp_password_argv, "smtp_password_command"),
+        (account.smtp_password, "smtp_password"),
+        who=None,
+        what="SMTP password",
+        prompt=None,
+        run=run,
+        missing=f"no password for smtp_user {sanitize(account.smtp_user or '', limit=80)}: "
+        "set smtp_password_command (or smtp_password in a private config file)",
     )
 
 
@@ -105,33 +133,23 @@ def get_imap_password(
     """The password for an ``imap://USER@HOST/...`` target, from the first
     source that has one: ``imap_password_command``, ``imap_password`` in the
     (private) file, the system keyring (``USER@HOST`` of the IMAP side), a
-    prompt. The session hands this to the target as its ``imap_secret``
+    prompt. The session hands this to the target as its ``secret``
     (for an OAuth2 ``imap_auth`` the source is the IMAP side's access tokens).
 
     Raises AuthError when the command fails or no source has a password,
     ConfigError when the password holds a control character.
     """
-    if account.imap_password_argv is not None:
-        from_command = _from_command(account.imap_password_argv, account.timeout, run)
-        return _checked(from_command, account, "imap_password_command")
-    if account.imap_password is not None:
-        return _checked(account.imap_password, account, "imap_password")
     who = imap_keyring_username(account)
-    secret, keyring_problem = _from_keyring(who)
-    if secret:
-        return _checked(secret, account, "the system keyring")
-    if prompt is not None:
-        try:
-            secret = prompt(f"IMAP password for {who}: ")
-        except EOFError:
-            secret = ""
-        if not secret:
-            raise AuthError(f"no IMAP password entered for {who}")
-        return _checked(secret, account, "the prompt")
-    message = f"no IMAP password available for {who}: set imap_password_command"
-    if keyring_problem:
-        message += f" (the system keyring could not be used: {keyring_problem})"
-    raise AuthError(message)
+    return _first_source(
+        account,
+        (account.imap_password_argv, "imap_password_command"),
+        (account.imap_password, "imap_password"),
+        who=who,
+        what="IMAP password",
+        prompt=prompt,
+        run=run,
+        missing=f"no IMAP password available for {who}: set imap_password_command",
+    )
 
 
 def _checked(secret: str, account: Account, source: str) -> str:

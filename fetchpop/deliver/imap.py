@@ -27,16 +27,13 @@ POP3 server and counts towards skipping it). Nothing else is changed.
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import os
 import re
-import tempfile
 from collections.abc import Callable, Iterable, Iterator
-from typing import IO
 
 from fetchpop.deliver import DeliverySpec, ImapSettings
-from fetchpop.deliver._oserror import os_error
+from fetchpop.deliver._spool import Spool
 from fetchpop.deliver.base import Delivery
 from fetchpop.errors import (
     AuthError,
@@ -129,13 +126,13 @@ class _Header:
 class ImapDelivery:
     """One message spooled, then APPENDed; see :class:`fetchpop.deliver.base.Delivery`."""
 
-    def __init__(self, target: ImapTarget, intent: str, uidl: str, spool: IO[bytes]) -> None:
+    def __init__(self, target: ImapTarget, intent: str, uidl: str, spool: Spool) -> None:
         self.intent = intent
         self.uidl = uidl
         #: (UIDVALIDITY, UID) from APPENDUID (RFC 4315), when the server said.
         self.receipt: tuple[int, int] | None = None
         self._target = target
-        self._spool: IO[bytes] | None = spool
+        self._spool: Spool | None = spool
         self._header = _Header()
         self._state = "open"
 
@@ -145,9 +142,9 @@ class ImapDelivery:
         assert self._spool is not None
         try:
             self._spool.write(self._header.feed(chunk))
-        except OSError as exc:
+        except FetchpopError:
             self.abort()
-            raise os_error(exc, "cannot spool a message for IMAP") from exc
+            raise
 
     def finish(self) -> None:
         """APPEND the spooled message; raises MessageRejectedError when the
@@ -158,10 +155,7 @@ class ImapDelivery:
         spool = self._spool
         assert spool is not None
         try:
-            try:
-                spool.flush()
-            except OSError as exc:
-                raise os_error(exc, "cannot spool a message for IMAP") from exc
+            spool.rewind()  # a file that cannot be read back fails before any command
             self.receipt = self._target.append(self.intent, spool, self._header)
         finally:
             self._close()
@@ -175,14 +169,11 @@ class ImapDelivery:
     def _close(self) -> None:
         if self._spool is not None:
             spool, self._spool = self._spool, None
-            with contextlib.suppress(OSError):
-                spool.close()
+            spool.close()
 
 
-def _chunks(spool: IO[bytes], sent: list[bool]) -> Iterator[bytes]:
-    spool.seek(0)
-    while chunk := spool.read(_CHUNK):
-        yield chunk
+def _chunks(spool: Spool, sent: list[bool]) -> Iterator[bytes]:
+    yield from spool.chunks(_CHUNK)
     sent.append(True)
 
 
@@ -277,13 +268,9 @@ class ImapTarget:
     def begin(self, uidl: str, intent: str | None = None) -> Delivery:
         if intent is None:
             intent = self._base()
-        try:
-            spool = tempfile.TemporaryFile(prefix="fetchpop-imap-")  # noqa: SIM115 - kept open
-        except OSError as exc:
-            raise os_error(exc, "cannot spool a message for IMAP") from exc
-        return ImapDelivery(self, intent, uidl, spool)
+        return ImapDelivery(self, intent, uidl, Spool("IMAP", "fetchpop-imap-"))
 
-    def append(self, intent: str, spool: IO[bytes], header: _Header) -> tuple[int, int] | None:
+    def append(self, intent: str, spool: Spool, header: _Header) -> tuple[int, int] | None:
         """APPEND one spooled message: after [TRYCREATE] once more, after the
         mailbox's CREATE; on a connection that failed before the whole
         message went out, once more on a new one (an idle connection a server

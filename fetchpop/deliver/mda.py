@@ -20,14 +20,15 @@ import contextlib
 import os
 import signal
 import subprocess
-import tempfile
 import threading
 from collections.abc import Iterable
 from typing import IO
 
 from fetchpop.deliver._oserror import os_error
+from fetchpop.deliver._spool import Spool
 from fetchpop.errors import (
     DeliveryError,
+    FetchpopError,
     LocalProtocolError,
     MessageRejectedError,
     TempFailError,
@@ -72,11 +73,10 @@ _CANNOT_RUN = frozenset({126, 127})
 class MdaDelivery:
     """One message spooled, then one MDA process; see :class:`fetchpop.deliver.base.Delivery`."""
 
-    def __init__(self, target: MdaTarget, spool: IO[bytes]) -> None:
+    def __init__(self, target: MdaTarget, spool: Spool) -> None:
         self.intent = ""  # an MDA leaves no trace we could look for
         self._target = target
-        self._spool: IO[bytes] | None = spool
-        self._size = 0
+        self._spool: Spool | None = spool
         self._proc: subprocess.Popen[bytes] | None = None
         self._state = "open"  # -> "finished" | "aborted"
 
@@ -86,10 +86,9 @@ class MdaDelivery:
         assert self._spool is not None
         try:
             self._spool.write(chunk)
-        except OSError as exc:
+        except FetchpopError:
             self.abort()
-            raise os_error(exc, "cannot spool a message for the mda") from exc
-        self._size += len(chunk)
+            raise
 
     def finish(self) -> None:
         """Run the MDA on the whole message and wait for its verdict.
@@ -105,11 +104,14 @@ class MdaDelivery:
         assert spool is not None
         target = self._target
         try:
-            spool.flush()
-            spool.seek(0)
+            stdin = spool.rewind()
+        except FetchpopError:
+            self._close()
+            raise
+        try:
             self._proc = proc = subprocess.Popen(
                 target.command,
-                stdin=spool,
+                stdin=stdin,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.PIPE,
                 process_group=0,
@@ -128,7 +130,7 @@ class MdaDelivery:
             self._kill()
             status = proc.wait()
         # The MDA shares the spool's file offset: short means it stopped reading.
-        read_all = os.lseek(spool.fileno(), 0, os.SEEK_CUR) >= self._size
+        read_all = os.lseek(stdin.fileno(), 0, os.SEEK_CUR) >= spool.size
         self._close()
         text = tail.text()
         if failure:
@@ -170,8 +172,7 @@ class MdaDelivery:
     def _close(self) -> None:
         if self._spool is not None:
             spool, self._spool = self._spool, None
-            with contextlib.suppress(OSError):
-                spool.close()
+            spool.close()
             self._target.done(self)
 
     def _kill(self) -> None:
@@ -205,11 +206,7 @@ class MdaTarget:
 
     def begin(self, uidl: str, intent: str | None = None) -> MdaDelivery:
         """Open the spool file ($TMPDIR, unlinked at once) for one message."""
-        try:
-            spool = tempfile.TemporaryFile(prefix="fetchpop-mda-")  # noqa: SIM115 - kept open
-        except OSError as exc:
-            raise os_error(exc, "cannot spool a message for the mda") from exc
-        delivery = MdaDelivery(self, spool)
+        delivery = MdaDelivery(self, Spool("the mda", "fetchpop-mda-"))
         self._active.add(delivery)
         return delivery
 

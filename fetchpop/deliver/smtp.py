@@ -43,17 +43,14 @@ with ``smtp_tls = "off"``.
 
 from __future__ import annotations
 
-import contextlib
 import ipaddress
 import os
 import re
-import tempfile
 import time
-from collections.abc import Callable, Iterable, Iterator
-from typing import IO
+from collections.abc import Callable, Iterable
 
 from fetchpop.deliver import DeliverySpec, ServerOptions
-from fetchpop.deliver._oserror import os_error
+from fetchpop.deliver._spool import Spool
 from fetchpop.errors import (
     AuthError,
     ConnectError,
@@ -125,11 +122,10 @@ def _loopback(host: str) -> bool:
 class ServerDelivery:
     """One message spooled, then one transaction; see :class:`fetchpop.deliver.base.Delivery`."""
 
-    def __init__(self, target: ServerTarget, spool: IO[bytes]) -> None:
+    def __init__(self, target: ServerTarget, spool: Spool) -> None:
         self.intent = ""  # a server leaves nothing fetchpop could look for later
         self._target = target
-        self._spool: IO[bytes] | None = spool
-        self._size = 0
+        self._spool: Spool | None = spool
         self._scan = MessageScan()
         self._state = "open"  # -> "finished" | "aborted"
 
@@ -139,10 +135,9 @@ class ServerDelivery:
         assert self._spool is not None
         try:
             self._spool.write(chunk)
-        except OSError as exc:
+        except FetchpopError:
             self.abort()
-            raise os_error(exc, f"cannot spool a message for {self._target.label}") from exc
-        self._size += len(chunk)
+            raise
         self._scan.feed(chunk)
 
     def finish(self) -> None:
@@ -157,34 +152,10 @@ class ServerDelivery:
         assert spool is not None
         self._scan.finish()
         try:
-            try:
-                spool.flush()
-                spool.seek(0)
-            except OSError as exc:
-                raise os_error(
-                    exc, f"cannot read back the spooled message for {self._target.label}"
-                ) from exc
-            self._target.send(lambda: self._chunks(spool), self._scan, self._size)
+            spool.rewind()  # a file that cannot be read back fails before any command
+            self._target.send(lambda: spool.chunks(SEND_CHUNK), self._scan, spool.size)
         finally:
             self._close()
-
-    def _chunks(self, spool: IO[bytes]) -> Iterator[bytes]:
-        try:
-            spool.seek(0)
-        except OSError as exc:
-            raise os_error(
-                exc, f"cannot read back the spooled message for {self._target.label}"
-            ) from exc
-        while True:
-            try:
-                chunk = spool.read(SEND_CHUNK)
-            except OSError as exc:
-                raise os_error(
-                    exc, f"cannot read back the spooled message for {self._target.label}"
-                ) from exc
-            if not chunk:
-                return
-            yield chunk
 
     def abort(self) -> None:
         """Drop the spooled message (nothing of it has reached the server)."""
@@ -200,8 +171,7 @@ class ServerDelivery:
     def _close(self) -> None:
         if self._spool is not None:
             spool, self._spool = self._spool, None
-            with contextlib.suppress(OSError):
-                spool.close()
+            spool.close()
 
 
 class ServerTarget:
@@ -236,11 +206,7 @@ class ServerTarget:
 
     def begin(self, uidl: str, intent: str | None = None) -> ServerDelivery:
         """Open the spool file ($TMPDIR, unlinked at once) for one message."""
-        try:
-            spool = tempfile.TemporaryFile(prefix="fetchpop-smtp-")  # noqa: SIM115 - kept open
-        except OSError as exc:
-            raise os_error(exc, f"cannot spool a message for {self.label}") from exc
-        return ServerDelivery(self, spool)
+        return ServerDelivery(self, Spool(self.label, "fetchpop-smtp-"))
 
     def flush(self) -> None:
         """Nothing to do: a message the server answered 2xx is its to keep."""
