@@ -514,6 +514,10 @@ _KEY_LIST = [
         "mda_timeout", "number > 0", _positive_number,
         "seconds an MDA may take for a message", default=300.0,
     ),
+    KeySpec(
+        "after_sync", "string", _command,
+        "a command (no shell) run after a sync that delivered mail, such as notmuch new",
+    ),
 ]  # fmt: skip
 
 #: Every account key, in man-page order; valid in ``[defaults]`` and ``[accounts.NAME]``.

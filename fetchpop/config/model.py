@@ -64,6 +64,10 @@ class Account:
     timeout: float = 60.0
     mbox_lock_timeout: float = 30.0
     mda_timeout: float = 300.0
+    #: Run after a sync that delivered mail (``notmuch new``); split once, as
+    #: password_command is.
+    after_sync: str | None = None
+    after_sync_argv: tuple[str, ...] | None = field(default=None, init=False, repr=False)
     #: lmtp: and smtp: targets (see fetchpop.deliver.smtp): the envelope
     #: recipient (None: the local user name), TLS and the login.
     recipient: str | None = None
@@ -94,6 +98,8 @@ class Account:
             self._attach_imap()
         if self.password_command is not None:
             object.__setattr__(self, "password_argv", split_command(self.password_command))
+        if self.after_sync is not None:
+            object.__setattr__(self, "after_sync_argv", split_command(self.after_sync))
         if self.smtp_password_command is not None:
             argv = split_command(self.smtp_password_command)
             object.__setattr__(self, "smtp_password_argv", argv)

@@ -10,11 +10,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 from fetchpop.config import Account
-from fetchpop.errors import FetchpopError, one_line
+from fetchpop.errors import FetchpopError, Interrupted, one_line
 from fetchpop.locks import MailboxLock
 from fetchpop.pop3.client import Log
 from fetchpop.seenstore import RunRecord, SeenStore
 from fetchpop.sync.connect import PasswordSource
+from fetchpop.sync.hook import run_after_sync
 from fetchpop.sync.plan import ServerMessage
 from fetchpop.sync.session import Progress, Session, SyncResult
 
@@ -85,6 +86,12 @@ def run_account(
     except FetchpopError as exc:
         outcome.error = exc
         outcome.result = session.result if session else None
+    result = outcome.result
+    if result is not None and result.fetched and not isinstance(outcome.error, Interrupted):
+        # Outside the lock: a long `notmuch new` holds up no other run.
+        failed = run_after_sync(account, result.fetched, result.octets)
+        if failed:
+            result.problems.append(failed)  # said even with -q; the status stands
     _record(store, account, outcome, started)
     return outcome
 
