@@ -47,7 +47,7 @@ def test_crontab_line_uses_quiet_sync() -> None:
     assert lines == ["*/5 * * * *  fetchpop -q sync"]
 
 
-@pytest.mark.parametrize("path", sorted(CONTRIB.glob("*.toml")), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", sorted(CONTRIB.glob("**/*.toml")), ids=lambda p: p.name)
 def test_example_configs_load(path: Path, tmp_path: Path) -> None:
     from fetchpop.config import load_config
 

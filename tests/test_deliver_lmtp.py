@@ -146,11 +146,9 @@ def test_the_unix_socket_delivers_and_the_return_path_is_the_envelope_sender(
 
 def test_sieve_files_list_mail_into_a_folder(lmtp_dovecot: Dovecot, home: Home) -> None:
     box = lmtp_dovecot.new_mailbox("sieve")
-    lmtp_dovecot.set_sieve(
-        box.user,
-        'require ["fileinto", "mailbox"];\n'
-        'if header :contains "subject" "[list]" { fileinto :create "Lists"; }\n',
-    )
+    # The example in contrib/, as a user would install it.
+    contrib = Path(__file__).resolve().parent.parent / "contrib" / "dovecot-lmtp"
+    lmtp_dovecot.set_sieve(box.user, (contrib / "sieve.sieve").read_text())
     with pop(MESSAGES) as server:
         configure(home, server, f"lmtp:{lmtp_dovecot.lmtp_socket}", recipient=box.user)
         result = sync(home)
