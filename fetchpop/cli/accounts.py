@@ -4,7 +4,8 @@
 from __future__ import annotations
 
 import sys
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -13,6 +14,7 @@ from fetchpop.cli.env import Environment
 from fetchpop.cli.output import transcript
 
 if TYPE_CHECKING:
+    from fetchpop.config import Account
     from fetchpop.oauth import DeviceCode
 
 
@@ -152,17 +154,48 @@ def password_delete(account: str) -> None:
 
 
 @main.command()
-@click.argument("account")
+@click.argument("account", required=False)
+@click.option("--host", metavar="HOST", help="Ask this server; no configuration needed.")
+@click.option(
+    "--port", type=click.IntRange(1, 65535), metavar="PORT", help="With --host (995 or 110)."
+)
+@click.option(
+    "--tls",
+    "tls_mode",
+    type=click.Choice(["implicit", "starttls", "off"]),
+    default="implicit",
+    show_default=True,
+    help="With --host.",
+)
+@click.option(
+    "--ca-file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    metavar="FILE",
+    help="With --host: also trust this CA certificate.",
+)
 @json_option
-def serverinfo(account: str, as_json: bool) -> None:
-    """Show the server's greeting, capabilities, TLS version and certificate."""
+def serverinfo(
+    account: str | None,
+    host: str | None,
+    port: int | None,
+    tls_mode: str,
+    ca_file: Path | None,
+    as_json: bool,
+) -> None:
+    """Show the server's greeting, capabilities, TLS version and certificate.
+
+    ACCOUNT may be left out when the configuration has one account; with
+    --host, no configuration is needed (and no login is tried). A certificate
+    that does not verify is shown all the same, with the line that would
+    trust it (status 69)."""
     env = current_env()
 
     def run() -> int:
         from fetchpop.sync import probe
 
-        (acct,) = env.load_config().select([account])
-        info = probe(acct, env.password_source(acct), log=transcript(env, acct.name))
+        acct = _serverinfo_account(env, account, host, port, tls_mode, ca_file)
+        password = env.password_source(acct) if acct.user else _no_password
+        info = probe(acct, password, log=transcript(env, acct.name))
         if info["tls"]:
             from fetchpop.errors import sanitize
 
@@ -171,31 +204,95 @@ def serverinfo(account: str, as_json: bool) -> None:
             info["tls"] = {
                 k: sanitize(v) if isinstance(v, str) else v for k, v in info["tls"].items()
             }
+        from fetchpop.errors import ExitCode
+
+        code = int(ExitCode.UNAVAILABLE) if info["tls_error"] else 0
         if as_json:
             env.print_json(info)
-            return 0
-        out = env.stdout
-        print(f"{acct.name}: {acct.host} port {acct.port}, tls = {acct.tls}", file=out)
-        print(f"greeting: {info['greeting']}", file=out)
-        tls = info["tls"]
-        if tls:
-            print(f"TLS: {tls['version']}, cipher {tls['cipher']}", file=out)
-            print(f"certificate fingerprint: {tls['fingerprint']}", file=out)
-            print(f"  subject: {tls['subject']}", file=out)
-            print(f"  issuer:  {tls['issuer']}", file=out)
-            print(f"  expires: {tls['not_after']}", file=out)
-        else:
-            print("TLS: none (clear text)", file=out)
-        for stage in ("before_tls", "before_login", "after_login"):
-            caps = info["capabilities"].get(stage)
-            if stage in info["capabilities"]:
-                text = "CAPA not supported" if caps is None else " ".join(caps) or "(none)"
-                print(f"capabilities {stage.replace('_', ' ')}: {text}", file=out)
-        if info.get("login_error"):
-            print(f"login: {info['login_error']}", file=out)
-        return 0
+            return code
+        _print_serverinfo(env, acct, info)
+        return code
 
     guard(env, run)
+
+
+def _no_password() -> str:
+    raise AssertionError("serverinfo --host never logs in")
+
+
+def _serverinfo_account(
+    env: Environment,
+    account: str | None,
+    host: str | None,
+    port: int | None,
+    tls_mode: str,
+    ca_file: Path | None,
+) -> Account:
+    """The account ``serverinfo`` asks about: named, the only one, or --host's."""
+    from fetchpop.config import Account
+    from fetchpop.deliver import DeliverySpec
+    from fetchpop.errors import UsageError
+
+    if host is not None:
+        if account is not None:
+            raise UsageError("serverinfo takes an account or --host, not both")
+        return Account(
+            name=host,
+            host=host,
+            user="",
+            port=port or (995 if tls_mode == "implicit" else 110),
+            tls=tls_mode,  # type: ignore[arg-type]
+            ca_file=ca_file,
+            deliver=DeliverySpec("maildir", Path("/nonexistent")),
+        )
+    if port is not None or ca_file is not None or tls_mode != "implicit":
+        raise UsageError("--port, --tls and --ca-file go with --host")
+    config = env.load_config()
+    if account is None:
+        if len(config.accounts) != 1:
+            raise UsageError(
+                f"name an account (the configuration has {len(config.accounts)}), "
+                "or ask a server with --host"
+            )
+        return next(iter(config.accounts.values()))
+    (acct,) = config.select([account])
+    return acct
+
+
+def _print_serverinfo(env: Environment, acct: Account, info: dict[str, Any]) -> None:
+    out = env.stdout
+    print(f"{acct.name}: {acct.host} port {acct.port}, tls = {acct.tls}", file=out)
+    if info["greeting"] is not None:
+        print(f"greeting: {info['greeting']}", file=out)
+    tls = info["tls"]
+    if tls:
+        print(f"TLS: {tls['version']}, cipher {tls['cipher']}", file=out)
+        print(f"certificate fingerprint: {tls['fingerprint']}", file=out)
+        print(f"  subject: {tls['subject']}", file=out)
+        print(f"  issuer:  {tls['issuer']}", file=out)
+        print(f"  expires: {tls['not_after']}", file=out)
+    elif info["tls_error"] is None:
+        print("TLS: none (clear text)", file=out)
+    if info["tls_error"]:
+        print(f"certificate: {info['tls_error']}", file=out)
+        if tls:
+            print(
+                "If this is the right server (compare the fingerprint with what its "
+                "operator publishes), add to the account:",
+                file=out,
+            )
+            print(f'  tls_fingerprint = "{tls["fingerprint"]}"', file=out)
+            print(
+                "or, for a certificate your own CA signed, ca_file = \"/path/to/ca.pem\".",
+                file=out,
+            )
+    for stage in ("before_tls", "before_login", "after_login"):
+        caps = info["capabilities"].get(stage)
+        if stage in info["capabilities"]:
+            text = "CAPA not supported" if caps is None else " ".join(caps) or "(none)"
+            print(f"capabilities {stage.replace('_', ' ')}: {text}", file=out)
+    if info.get("login_error"):
+        print(f"login: {info['login_error']}", file=out)
 
 
 # -- OAuth2 sign-in --------------------------------------------------------------

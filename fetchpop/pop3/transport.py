@@ -127,7 +127,11 @@ def _ask(check: StopCheck | None, in_flight: bool) -> None:
             raise reason
 
 
-class UnknownIssuerError(TLSError):
+class UnverifiedError(TLSError):
+    """The server's certificate did not verify (issuer, name, dates)."""
+
+
+class UnknownIssuerError(UnverifiedError):
     """No trusted CA issued the server's certificate (or its chain's top).
 
     With a context made from the system's CA directory alone, the bundle may
@@ -179,6 +183,16 @@ def make_ssl_context(
             ctx.load_verify_locations(cafile=str(ca_file))
         except (OSError, ssl.SSLError) as exc:
             raise TLSError(f"cannot load ca_file {ca_file}: {exc}") from exc
+    return ctx
+
+
+def make_unverified_context() -> ssl.SSLContext:
+    """A context that takes any certificate: only to *show* one that does not
+    verify (``serverinfo``), on a connection that never logs in."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
     return ctx
 
 
@@ -312,7 +326,7 @@ class Transport:
             self._handshake()
         except ssl.SSLCertVerificationError as exc:
             self.close()
-            cls = UnknownIssuerError if exc.verify_code in _UNKNOWN_ISSUER else TLSError
+            cls = UnknownIssuerError if exc.verify_code in _UNKNOWN_ISSUER else UnverifiedError
             raise cls(
                 f"TLS certificate of {self.host} did not verify: {exc.verify_message}"
             ) from exc

@@ -26,10 +26,13 @@ from fetchpop.pop3.protocol import identify_service
 from fetchpop.pop3.transport import (
     LOGIN_TIMEOUTS,
     NotTLSError,
+    TLSInfo,
     Transport,
     UnknownIssuerError,
+    UnverifiedError,
     first_words,
     make_ssl_context,
+    make_unverified_context,
 )
 
 #: Seconds without a greeting after which fetchpop looks (on a second
@@ -66,11 +69,34 @@ def open_connection(
     until :func:`connect` (or :func:`probe`) has logged in.
     """
     try:
-        return _open_connection(account, log, seen_caps, whole_store, known, pipelining)
-    except UnknownIssuerError:
-        if whole_store:
-            raise
-        return _open_connection(account, log, seen_caps, True, known, pipelining)
+        try:
+            return _open_connection(account, log, seen_caps, whole_store, known, pipelining)
+        except UnknownIssuerError:
+            if whole_store:
+                raise
+            return _open_connection(account, log, seen_caps, True, known, pipelining)
+    except UnverifiedError as exc:
+        raise UnverifiedError(f"{exc}; {trust_hint(account)}") from exc
+
+
+def trust_hint(account: Account) -> str:
+    """The two ways on from a certificate that does not verify."""
+    return (
+        "if it is the right server, trust its certificate with tls_fingerprint "
+        f"(`fetchpop serverinfo {account.name}` shows the line to add), or its CA "
+        "with ca_file"
+    )
+
+
+def peek_certificate(account: Account) -> TLSInfo | None:
+    """The certificate the server presents, taken without verifying it, so
+    that ``serverinfo`` can show one that does not verify. Nothing is sent but
+    STLS and CAPA: the connection never logs in."""
+    client = _open_connection(account, None, {}, True, None, True, verify=False)
+    try:
+        return client.transport.tls_info()
+    finally:
+        client.close()
 
 
 def _open_connection(
@@ -80,12 +106,17 @@ def _open_connection(
     whole_store: bool,
     known: Capabilities | None,
     pipelining: bool,
+    *,
+    verify: bool = True,
 ) -> Client:
     caps = seen_caps if seen_caps is not None else {}
     context = None
+    pinned = account.tls_fingerprint if verify else None
     if account.tls != "off":
-        context = make_ssl_context(
-            account.ca_file, account.tls_fingerprint, whole_store=whole_store
+        context = (
+            make_ssl_context(account.ca_file, pinned, whole_store=whole_store)
+            if verify
+            else make_unverified_context()
         )
     else:
         known = None  # only what an authenticated server said may save a round trip
@@ -97,7 +128,7 @@ def _open_connection(
             account.port,
             timeout=account.timeout,
             tls=context if account.tls == "implicit" else None,
-            pinned=account.tls_fingerprint,
+            pinned=pinned,
             # Greeting to logged in, however the server drips its replies.
             login_within=LOGIN_TIMEOUTS * account.timeout,
         )
@@ -122,7 +153,7 @@ def _open_connection(
             assert context is not None
             if known is None:
                 caps["before_tls"] = client.capa()
-            client.stls(context, account.tls_fingerprint)
+            client.stls(context, pinned)
         if known is None:
             caps["before_login"] = client.capa()
         else:
@@ -193,17 +224,33 @@ def probe(account: Account, password: PasswordSource, *, log: Log | None = None)
     A failed login is reported in the result, not raised: the rest is still useful.
     """
     caps: dict[str, object] = {}
-    client = open_connection(account, log=log, seen_caps=caps)
+    try:
+        client = open_connection(account, log=log, seen_caps=caps)
+    except UnverifiedError as exc:
+        # Shown all the same (fingerprint, names, dates), with why it fails.
+        seen = peek_certificate(account)
+        return {
+            "greeting": None,
+            "apop": False,
+            "tls": dataclasses.asdict(seen) if seen else None,
+            "tls_error": str(exc.__cause__ or exc),
+            "capabilities": {},
+            "login_error": None,
+        }
     info: dict[str, Any] = {
         "greeting": sanitize(client.greeting.text),
         "apop": client.greeting.timestamp is not None,
         "tls": None,
+        "tls_error": None,
         "capabilities": caps,
         "login_error": None,
     }
     tls = client.transport.tls_info()
     if tls is not None:
         info["tls"] = dataclasses.asdict(tls)
+    if not account.user:  # serverinfo --host: nobody to log in as
+        client.quit()
+        return info
     try:
         login(client, account, password)
         _logged_in(client)
