@@ -253,27 +253,30 @@ def _no_keyring_error(reason: str) -> UnavailableError:
     )
 
 
-def set_password(account: Account, secret: str) -> None:
-    """Store *secret* in the system keyring for *account*.
+def set_password(account: Account, secret: str, *, imap: bool = False) -> None:
+    """Store *secret* in the system keyring for *account* (with *imap*, for
+    its imap:// target: under the IMAP side's USER@HOST).
 
     Raises UnavailableError when no usable keyring backend exists or storing fails.
     """
     keyring = _usable_keyring()
+    username = imap_keyring_username(account) if imap else keyring_username(account)
     try:
-        keyring.set_password(KEYRING_SERVICE, keyring_username(account), secret)
+        keyring.set_password(KEYRING_SERVICE, username, secret)
     except Exception as exc:  # Any backend failure: say what to do instead.
         raise _no_keyring_error(_exception_text(exc, secret)) from None
 
 
-def delete_password(account: Account) -> bool:
-    """Remove the account's password from the keyring; False if none was stored.
+def delete_password(account: Account, *, imap: bool = False) -> bool:
+    """Remove the account's password (with *imap*, its imap:// target's) from
+    the keyring; False if none was stored.
 
     Raises UnavailableError when no usable keyring backend exists or deleting fails.
     """
     keyring = _usable_keyring()
     from keyring.errors import PasswordDeleteError
 
-    username = keyring_username(account)
+    username = imap_keyring_username(account) if imap else keyring_username(account)
     try:
         if keyring.get_password(KEYRING_SERVICE, username) is None:
             return False

@@ -712,8 +712,9 @@ def test_a_real_sync_takes_the_imap_password_from_the_keyring(home: Home, tmp_pa
     source = Path(__file__).with_name("filekeyring.py").read_text()
     (backend / "fptestkeyring.py").write_text(source)
     store = tmp_path / "keyring.json"
+    from test_security import run_on_pty
+
     with servers() as (pop, imap):
-        store.write_text(json.dumps({"fetchpop": {"bob@127.0.0.1": "imap-secret"}}))
         configure(home, pop, imap, imap_password=None)
         text = home.config_path.read_text()
         home.write_config("\n".join(ln for ln in text.splitlines() if "imap_password" not in ln))
@@ -724,6 +725,19 @@ def test_a_real_sync_takes_the_imap_password_from_the_keyring(home: Home, tmp_pa
             "PYTHON_KEYRING_BACKEND": "fptestkeyring.FileKeyring",
             "TEST_KEYRING_FILE": str(store),
         }
+        # `password set --imap` stores it under the IMAP side's USER@HOST.
+        code, output = run_on_pty(
+            home,
+            "password",
+            "set",
+            "--imap",
+            "home",
+            env=env,
+            answers=[(b"Password for bob@127.0.0.1: ", "imap-secret"), (b"Again: ", "imap-secret")],
+        )
+        assert code == 0, output
+        assert "home: password for bob@127.0.0.1 stored in the system keyring" in output
+        assert json.loads(store.read_text())["fetchpop"] == {"bob@127.0.0.1": "imap-secret"}
         result = home.run("sync", env=env, timeout=60)
         assert result.code == 0, result
         assert sorted(imap.messages()) == sorted(crlf(m) for m in MESSAGES)

@@ -106,29 +106,48 @@ def password() -> None:
     """Store or remove an account's password in the system keyring."""
 
 
+_IMAP_OPTION = click.option(
+    "--imap", is_flag=True, help="The password of the account's imap:// target."
+)
+
+
+def _keyring_user(acct: Account, imap: bool) -> str:
+    from fetchpop.errors import UsageError
+    from fetchpop.secrets import imap_keyring_username, keyring_username
+
+    if not imap:
+        return keyring_username(acct)
+    if acct.deliver.kind != "imap":
+        raise UsageError(f'account "{acct.name}" delivers to no imap:// mailbox')
+    return imap_keyring_username(acct)
+
+
 @password.command(name="set")
 @click.argument("account")
-def password_set(account: str) -> None:
+@_IMAP_OPTION
+def password_set(account: str, imap: bool) -> None:
     """Ask for ACCOUNT's password (without echo) and store it in the keyring."""
     env = current_env()
 
     def run() -> int:
         from fetchpop.errors import UsageError
-        from fetchpop.secrets import check_keyring, keyring_username, set_password
+        from fetchpop.secrets import check_keyring, set_password
 
         (acct,) = env.load_config().select([account])
+        who = _keyring_user(acct, imap)
         if not env.stdin_isatty:
             raise UsageError("password set needs a terminal to ask for the password")
         check_keyring()  # before asking for a password that could not be kept
         import getpass
 
-        secret = getpass.getpass(f"Password for {keyring_username(acct)}: ")
+        secret = getpass.getpass(f"Password for {who}: ")
         if not secret:
             raise UsageError("no password entered; nothing stored")
         if getpass.getpass("Again: ") != secret:
             raise UsageError("the two passwords differ; nothing stored")
-        set_password(acct, secret)
-        env.info(f"{acct.name}: password stored in the system keyring", level=0)
+        set_password(acct, secret, imap=imap)
+        what = f"password for {who}" if imap else "password"
+        env.info(f"{acct.name}: {what} stored in the system keyring", level=0)
         return 0
 
     guard(env, run)
@@ -136,7 +155,8 @@ def password_set(account: str) -> None:
 
 @password.command(name="delete")
 @click.argument("account")
-def password_delete(account: str) -> None:
+@_IMAP_OPTION
+def password_delete(account: str, imap: bool) -> None:
     """Remove ACCOUNT's password from the system keyring."""
     env = current_env()
 
@@ -144,7 +164,8 @@ def password_delete(account: str) -> None:
         from fetchpop.secrets import delete_password
 
         (acct,) = env.load_config().select([account])
-        if delete_password(acct):
+        _keyring_user(acct, imap)
+        if delete_password(acct, imap=imap):
             env.info(f"{acct.name}: password removed from the system keyring", level=0)
         else:
             env.info(f"{acct.name}: no password was stored in the system keyring", level=0)
