@@ -50,14 +50,15 @@ from fetchpop.pop3.auth import SASLMechanism, decode_b64, encode_b64
 from fetchpop.pop3.transport import (
     LOGIN_TIMEOUTS,
     Transport,
-    UnknownIssuerError,
     make_ssl_context,
+    trying_whole_store,
 )
 
 if TYPE_CHECKING:
     import ssl
 
 Log = Callable[[str], None]
+
 
 class ImapRefusal(ServerError):
     """The server answered a command with NO; *response* is its answer."""
@@ -81,8 +82,9 @@ class ImapClient:
         if greeting.kind != "untagged" or greeting.status not in ("OK", "PREAUTH", "BYE"):
             raise ProtocolError(f"{transport.host} does not greet as an IMAP server")
         if greeting.status == "BYE":
-            raise UnavailableError(f"IMAP server {transport.host} refused the connection: "
-                                   f"{greeting.words}")
+            raise UnavailableError(
+                f"IMAP server {transport.host} refused the connection: {greeting.words}"
+            )
         self.preauth = greeting.status == "PREAUTH"
         self._learn(greeting)
 
@@ -93,9 +95,16 @@ class ImapClient:
             response = self._parser.next()
             if response is not None:
                 if self.log:
-                    self.log("S: " + sanitize(response.words if response.kind != "untagged"
-                                              or response.status in ("OK", "NO", "BAD", "BYE")
-                                              else f"* {response.status} ...", 200))
+                    self.log(
+                        "S: "
+                        + sanitize(
+                            response.words
+                            if response.kind != "untagged"
+                            or response.status in ("OK", "NO", "BAD", "BYE")
+                            else f"* {response.status} ...",
+                            200,
+                        )
+                    )
                 return response
             data = self.transport.recv()
             if not data:
@@ -240,7 +249,8 @@ class ImapClient:
             offered = sorted(c[5:] for c in self.capabilities if c.startswith("AUTH="))
             raise CapabilityError(
                 f"IMAP server does not offer AUTHENTICATE {name} (it offers: "
-                + (", ".join(offered) or "none") + ")"
+                + (", ".join(offered) or "none")
+                + ")"
             )
         command = Command(self._tags.next(), "AUTHENTICATE", (name.encode("ascii"),))
         text = f"{command.tag} AUTHENTICATE {name}".encode("ascii")
@@ -376,10 +386,11 @@ def connect(
     A certificate whose issuer the system's CA directory lacks is tried once
     more against the whole CA store, as for POP3.
     """
-    try:
-        return _connect(host, port, tls, ca_file, fingerprint, timeout, method, user, secret, False)
-    except UnknownIssuerError:
-        return _connect(host, port, tls, ca_file, fingerprint, timeout, method, user, secret, True)
+    return trying_whole_store(
+        lambda whole: _connect(
+            host, port, tls, ca_file, fingerprint, timeout, method, user, secret, whole
+        )
+    )
 
 
 def _connect(

@@ -42,7 +42,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 from fetchpop.errors import (
     ConnectError,
@@ -184,6 +184,19 @@ def make_ssl_context(
         except (OSError, ssl.SSLError) as exc:
             raise TLSError(f"cannot load ca_file {ca_file}: {exc}") from exc
     return ctx
+
+
+T = TypeVar("T")
+
+
+def trying_whole_store(connect: Callable[[bool], T]) -> T:
+    """``connect(whole_store)``: first with the system's CA directory, then,
+    for a certificate whose issuer that directory lacks, once more against
+    the whole CA store (see :func:`make_ssl_context`)."""
+    try:
+        return connect(False)
+    except UnknownIssuerError:
+        return connect(True)
 
 
 def make_unverified_context() -> ssl.SSLContext:

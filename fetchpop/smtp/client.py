@@ -23,8 +23,8 @@ from fetchpop.errors import ConnectionLostError, FetchpopError, InsecureError, s
 from fetchpop.pop3.transport import (
     LOGIN_TIMEOUTS,
     Transport,
-    UnknownIssuerError,
     make_ssl_context,
+    trying_whole_store,
 )
 from fetchpop.smtp.protocol import DataEncoder, Reply, ReplyParser, command, extensions
 
@@ -269,10 +269,9 @@ def open_client(
     From the connection to :meth:`SMTPClient.logged_in`, waiting on the
     server is bounded to LOGIN_TIMEOUTS times *timeout* in all.
     """
-    try:
-        return _open(lmtp, name, timeout, host, port, path, tls, ca_file, pinned, log, False)
-    except UnknownIssuerError:
-        return _open(lmtp, name, timeout, host, port, path, tls, ca_file, pinned, log, True)
+    return trying_whole_store(
+        lambda whole: _open(lmtp, name, timeout, host, port, path, tls, ca_file, pinned, log, whole)
+    )
 
 
 def _open(

@@ -28,11 +28,11 @@ from fetchpop.pop3.transport import (
     NotTLSError,
     TLSInfo,
     Transport,
-    UnknownIssuerError,
     UnverifiedError,
     first_words,
     make_ssl_context,
     make_unverified_context,
+    trying_whole_store,
 )
 
 #: Seconds without a greeting after which fetchpop looks (on a second
@@ -69,12 +69,11 @@ def open_connection(
     until :func:`connect` (or :func:`probe`) has logged in.
     """
     try:
-        try:
-            return _open_connection(account, log, seen_caps, whole_store, known, pipelining)
-        except UnknownIssuerError:
-            if whole_store:
-                raise
+        if whole_store:
             return _open_connection(account, log, seen_caps, True, known, pipelining)
+        return trying_whole_store(
+            lambda whole: _open_connection(account, log, seen_caps, whole, known, pipelining)
+        )
     except UnverifiedError as exc:
         raise UnverifiedError(f"{exc}; {trust_hint(account)}") from exc
 
