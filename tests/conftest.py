@@ -26,6 +26,7 @@ using them with ``@pytest.mark.dovecot``.
 from __future__ import annotations
 
 import os
+import signal
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -133,3 +134,13 @@ def ca_file(ca: trustme.CA, tmp_path_factory: pytest.TempPathFactory) -> Path:
 def home(tmp_path: Path) -> Home:
     """A user's home for the real ``fetchpop`` command (see tests/runner.py)."""
     return Home(tmp_path / "home")
+
+
+# ------------------------------------------------------------- signals ----------
+
+# A shell without job control starts its background jobs with SIGINT ignored,
+# and an ignored signal stays ignored across exec: every fetchpop the tests
+# start would then ignore the Ctrl-C the tests send. A handler of our own
+# (reset to the default by exec) makes them start as from a terminal.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)

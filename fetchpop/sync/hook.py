@@ -11,7 +11,6 @@ changes what was delivered or recorded, nor the exit status.
 from __future__ import annotations
 
 import os
-import subprocess
 from collections.abc import Mapping
 
 from fetchpop.config import Account
@@ -25,6 +24,8 @@ def run_after_sync(
     argv = account.after_sync_argv
     if argv is None:
         return None
+    import subprocess  # (only an account with after_sync needs it: start-up time)
+
     name = sanitize(argv[0], limit=80)
     env = {
         **(os.environ if environ is None else environ),
