@@ -148,13 +148,20 @@ class SeenStore:
 
     def __init__(self, path: Path, *, readonly: bool = False) -> None:
         self.path = path
+        # One store serves every account of a run, ``--jobs`` threads and
+        # all: each transaction (and each read) holds the connection whole.
+        self._lock = threading.RLock()
         self._dirty = True  # commits not yet known to be durable (sync() checks)
         try:
             if readonly:
                 if path.stat().st_size == 0:
                     raise _damaged(path, "it is empty")
                 self._db = sqlite3.connect(
-                    f"file:{path}?mode=ro", uri=True, isolation_level=None, timeout=10
+                    f"file:{path}?mode=ro",
+                    uri=True,
+                    isolation_level=None,
+                    timeout=10,
+                    check_same_thread=False,
                 )
             else:
                 make_private_dirs(path.parent)
@@ -164,7 +171,9 @@ class SeenStore:
                     # A store is only ever put in place whole (see _create):
                     # an empty one was truncated, not new.
                     raise _damaged(path, "it is empty")
-                self._db = sqlite3.connect(path, isolation_level=None, timeout=10)
+                self._db = sqlite3.connect(
+                    path, isolation_level=None, timeout=10, check_same_thread=False
+                )
         except StoreError:
             raise
         except (sqlite3.Error, OSError) as exc:
@@ -211,7 +220,8 @@ class SeenStore:
     # -- schema ----------------------------------------------------------------
 
     def _check_version(self) -> int:
-        (version,) = self._db.execute("PRAGMA user_version").fetchone()
+        with self._lock:
+            (version,) = self._db.execute("PRAGMA user_version").fetchone()
         if version > len(MIGRATIONS):
             raise StoreError(
                 f"seen-store {self.path} was written by a newer fetchpop "
@@ -231,29 +241,31 @@ class SeenStore:
     @contextlib.contextmanager
     def _transaction(self, *, durable: bool = False) -> Iterator[sqlite3.Connection]:
         """A write transaction; *durable* makes its commit fsync the WAL."""
-        try:
-            if durable:  # read at COMMIT, but only settable outside a transaction
-                self._db.execute("PRAGMA synchronous=FULL")
+        with self._lock:
             try:
-                self._db.execute("BEGIN IMMEDIATE")
+                if durable:  # read at COMMIT, but only settable outside a transaction
+                    self._db.execute("PRAGMA synchronous=FULL")
                 try:
-                    yield self._db
-                except BaseException:
-                    self._db.execute("ROLLBACK")
-                    raise
-                self._db.execute("COMMIT")
-            finally:
-                if durable:
-                    self._db.execute("PRAGMA synchronous=NORMAL")
-            self._dirty = not durable
-        except sqlite3.Error as exc:
-            raise _store_error(self.path, exc) from exc
+                    self._db.execute("BEGIN IMMEDIATE")
+                    try:
+                        yield self._db
+                    except BaseException:
+                        self._db.execute("ROLLBACK")
+                        raise
+                    self._db.execute("COMMIT")
+                finally:
+                    if durable:
+                        self._db.execute("PRAGMA synchronous=NORMAL")
+                self._dirty = not durable
+            except sqlite3.Error as exc:
+                raise _store_error(self.path, exc) from exc
 
     def _read(self, sql: str, args: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
-        try:
-            return self._db.execute(sql, args).fetchall()
-        except sqlite3.Error as exc:
-            raise _store_error(self.path, exc) from exc
+        with self._lock:
+            try:
+                return self._db.execute(sql, args).fetchall()
+            except sqlite3.Error as exc:
+                raise _store_error(self.path, exc) from exc
 
     # -- mailboxes -------------------------------------------------------------
 
@@ -267,10 +279,16 @@ class SeenStore:
         if not create:
             return None
         with self._transaction() as db:
-            cur = db.execute(
-                "INSERT INTO mailbox (host, port, user) VALUES (?, ?, ?)", (host, port, user)
+            # (Another run, or another --jobs account, may have just made it.)
+            db.execute(
+                "INSERT OR IGNORE INTO mailbox (host, port, user) VALUES (?, ?, ?)",
+                (host, port, user),
             )
-            return int(cur.lastrowid or 0)
+            (ident,) = db.execute(
+                "SELECT id FROM mailbox WHERE host = ? AND port = ? AND user = ?",
+                (host, port, user),
+            ).fetchone()
+            return int(ident)
 
     def capabilities(self, mailbox: int) -> dict[str, list[str]] | None:
         """What *mailbox*'s server answered CAPA before the login last time, if known."""
@@ -453,11 +471,12 @@ class SeenStore:
         """Make every commit so far durable against power loss (fsync)."""
         if not self._dirty:
             return
-        try:
-            self._db.execute("PRAGMA wal_checkpoint(FULL)").fetchall()
-        except sqlite3.Error as exc:
-            raise _store_error(self.path, exc) from exc
-        self._dirty = False
+        with self._lock:
+            try:
+                self._db.execute("PRAGMA wal_checkpoint(FULL)").fetchall()
+            except sqlite3.Error as exc:
+                raise _store_error(self.path, exc) from exc
+            self._dirty = False
 
     # -- problem messages ------------------------------------------------------
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
 from collections.abc import Callable
@@ -16,6 +17,7 @@ from fetchpop.errors import ExitCode, FetchpopError, one_line, sanitize
 
 if TYPE_CHECKING:
     from fetchpop.config import Account
+    from fetchpop.seenstore import SeenStore
     from fetchpop.sync import Known, Plan
     from fetchpop.sync.account import AccountRun
 
@@ -62,20 +64,25 @@ def sync(
     interval = _interval(every) if every is not None else None
 
     def once(signals: Signals) -> int:
+        from fetchpop.pop3.transport import reusing_tls
+
         selected = env.load_config().select(accounts)
         line = StatusLine(env)  # one for the round: with --jobs, the bars share it
+        # One seen-store connection and one TLS cache (contexts, sessions)
+        # serve the round's accounts, in every job.
+        with env.open_store() as store, reusing_tls():
 
-        def one(account: Account) -> tuple[int, dict[str, Any]]:
-            signals.check()
-            return sync_one(env, account, wait, signals, accept_new_uidls, line)
+            def one(account: Account) -> tuple[int, dict[str, Any]]:
+                signals.check()
+                return sync_one(env, account, wait, signals, accept_new_uidls, line, store)
 
-        if jobs > 1 and len(selected) > 1:
-            from concurrent.futures import ThreadPoolExecutor
+            if jobs > 1 and len(selected) > 1:
+                from concurrent.futures import ThreadPoolExecutor
 
-            with ThreadPoolExecutor(max_workers=jobs) as pool:
-                results = list(pool.map(one, selected))
-        else:
-            results = [one(account) for account in selected]
+                with ThreadPoolExecutor(max_workers=jobs) as pool:
+                    results = list(pool.map(one, selected))
+            else:
+                results = [one(account) for account in selected]
         if as_json:
             env.print_json({"accounts": [r for _, r in results]})
         if signals.received is not None:
@@ -134,9 +141,10 @@ def sync_one(
     signals: Signals,
     accept_new_uidls: bool,
     line: StatusLine | None = None,
+    store: SeenStore | None = None,
 ) -> tuple[int, dict[str, Any]]:
-    """Sync one account with its own seen-store connection (so jobs can run in
-    threads), and say how it went: its status, and its ``--json`` report."""
+    """Sync one account (in *store*, else a seen-store connection of its
+    own), and say how it went: its status, and its ``--json`` report."""
     from fetchpop.sync import run_account
 
     line = line or StatusLine(env)
@@ -154,10 +162,10 @@ def sync_one(
         return password()
 
     try:
-        with env.open_store() as store:
+        with contextlib.nullcontext(store) if store else env.open_store() as opened:
             outcome = run_account(
                 account,
-                store,
+                opened,
                 env.state_dir(),
                 asked,
                 wait=wait,

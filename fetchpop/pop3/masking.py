@@ -88,14 +88,16 @@ class Secrets:
         new = {form for form in forms if len(form) >= MIN_SECRET} - self._forms
         if new:
             self._forms |= new
-            # Longest first: a payload's base64 goes whole, not the secret inside it.
-            ordered = sorted(self._forms, key=len, reverse=True)
-            self._pattern = re.compile("|".join(map(re.escape, ordered)))
+            self._pattern = None  # made when first needed: most runs never show a line
 
     def hide(self, text: str) -> str:
         """*text* with every form of every secret replaced by ``***``."""
+        if not any(form in text for form in self._forms):
+            return text  # (every server reply comes here: a few substring looks)
         if self._pattern is None:
-            return text
+            # Longest first: a payload's base64 goes whole, not the secret inside it.
+            ordered = sorted(self._forms, key=len, reverse=True)
+            self._pattern = re.compile("|".join(map(re.escape, ordered)))
         return self._pattern.sub(MASK, text)
 
     def show(self, data: str | bytes, limit: int = 300) -> str:

@@ -26,7 +26,9 @@ Figures are medians over the repetitions, with the tools interleaved: wall
 time; CPU time (user + system) from ``os.wait4``, which includes the
 processes the tool waited for (fetchmail's maildrop) but not Dovecot or the
 proxy, which run under this process; peak RSS from GNU time (see
-run_child). A tool whose first run of a case takes longer than ``--cap``
+run_child); and Dovecot's CPU time during the run (``server CPU``, from
+/proc: on 2 cores the server's share decides how far many accounts in
+parallel can go). A tool whose first run of a case takes longer than ``--cap``
 seconds runs that case once (marked "capped"). Tools not installed show n/a.
 All four tools at ``--repeat 3`` take about 12 minutes on 2 CPUs.
 
@@ -290,6 +292,7 @@ class Run:
     code: int
     delivered: int
     log: Path
+    server_cpu: float = 0.0  # Dovecot's, during the run
 
 
 GNU_TIME = shutil.which("time", path="/usr/bin:/bin")
@@ -330,6 +333,31 @@ def run_child(argv: list[str], env: dict[str, str], log: Path) -> tuple[float, f
         rss = int(rss_file.read_text().split()[-1])
         rss_file.unlink()
     return wall, usage.ru_utime + usage.ru_stime, rss, proc.returncode
+
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def server_cpu(server: Dovecot) -> float:
+    """CPU seconds Dovecot has used so far: its processes' own, and those of
+    the ones that have exited (which the master has reaped: a POP3 session's
+    mail process, for one). Clock ticks, so 10 ms at a time."""
+    proc = server._proc
+    if proc is None:
+        return 0.0
+    ticks = 0
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            with open(f"/proc/{entry.name}/stat") as file:
+                fields = file.read().rsplit(")", 1)[1].split()
+            if int(fields[2]) != proc.pid:  # the process group (field 5)
+                continue
+            ticks += int(fields[11]) + int(fields[12])  # utime, stime
+            if int(entry.name) == proc.pid:
+                ticks += int(fields[13]) + int(fields[14])  # reaped children's
+    return ticks / CLOCK_TICKS
 
 
 def count_maildir(maildir: Path) -> int:
@@ -656,7 +684,9 @@ class Bench:
         # otherwise the first fsync of this run pays for the previous tool's I/O.
         os.sync()
         try:
+            before = server_cpu(self.server)
             wall, cpu, rss, code = run_child(argv, env, log)
+            served = server_cpu(self.server) - before
             delivered = sum(count_maildir(box.maildir) for box in job.boxes)
         finally:
             maildirs = job.boxes[0].maildir.parent
@@ -666,7 +696,7 @@ class Bench:
                 self.filled.append(maildirs)
             if fresh:
                 shutil.rmtree(job.state, ignore_errors=True)
-        return Run(wall, cpu, rss, code, delivered, log)
+        return Run(wall, cpu, rss, code, delivered, log, served)
 
 
 def problem(tool: Tool, case: Case, run: Run) -> str:
@@ -743,19 +773,19 @@ def median_of(runs: list[Run], attr: str) -> float:
 
 def table(results: dict[str, dict[str, Cell]], tools: list[str], installed: set[str]) -> str:
     lines = [
-        "| case | tool | wall s (min-max) | CPU s | peak RSS MB | runs |",
-        "| --- | --- | ---: | ---: | ---: | ---: |",
+        "| case | tool | wall s (min-max) | CPU s | peak RSS MB | server CPU s | runs |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
     ]
     for key, cells in results.items():
         for name in tools:
             title = CASES[key].title
             if name not in installed:
-                lines.append(f"| {title} | {name} | n/a | n/a | n/a | - |")
+                lines.append(f"| {title} | {name} | n/a | n/a | n/a | n/a | - |")
                 continue
             cell = cells[name]
             failed = f"{len(cell.failures)} failed: {'; '.join(sorted(set(cell.failures)))}"
             if not cell.runs:
-                lines.append(f"| {title} | {name} | {failed} | | | |")
+                lines.append(f"| {title} | {name} | {failed} | | | | |")
                 continue
             walls = [r.wall for r in cell.runs]
             spread = f" ({min(walls):.2f}-{max(walls):.2f})" if len(walls) > 1 else ""
@@ -764,7 +794,8 @@ def table(results: dict[str, dict[str, Cell]], tools: list[str], installed: set[
             lines.append(
                 f"| {title} | {name} | {median_of(cell.runs, 'wall'):.2f}{spread} "
                 f"| {median_of(cell.runs, 'cpu'):.2f} "
-                f"| {median_of(cell.runs, 'maxrss_kb') / 1024:.0f} | {runs} |"
+                f"| {median_of(cell.runs, 'maxrss_kb') / 1024:.0f} "
+                f"| {median_of(cell.runs, 'server_cpu'):.2f} | {runs} |"
             )
     return "\n".join(lines)
 
