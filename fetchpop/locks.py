@@ -2,7 +2,7 @@
 
 The lock file sits beside the seen-store; its name is a digest of the mailbox
 (host, port, user), so nothing from the config or the server becomes a path.
-fcntl locks vanish with the process, so a killed run never leaves a stale lock.
+flock(2) locks vanish with the process, so a killed run never leaves a stale lock.
 """
 
 from __future__ import annotations

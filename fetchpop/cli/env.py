@@ -61,12 +61,18 @@ class Environment:
 
     def error(self, text: str) -> None:
         """One line on stderr, prefixed ``fetchpop:``."""
-        print(f"fetchpop: {text}", file=self.stderr, flush=True)
+        self._line(f"fetchpop: {text}")
 
     def info(self, text: str, level: int = 1) -> None:
         """Print when -v was given *level* times (and not -q)."""
         if self.verbose >= level and not self.quiet:
-            print(text, file=self.stderr, flush=True)
+            self._line(text)
+
+    def _line(self, text: str) -> None:
+        # One write for the text and its line end: print() makes two, and
+        # another thread's line could come between them.
+        self.stderr.write(text + "\n")
+        self.stderr.flush()
 
     def warn(self, text: str) -> None:
         """A warning: shown unless -q."""

@@ -114,9 +114,12 @@ class StatusLine:
 
     @contextlib.contextmanager
     def above(self) -> Iterator[None]:
-        """Print lines above the bar: wiped first, drawn again after."""
+        """Print lines above the bar: wiped first, drawn again after. Held
+        by one thread at a time, bar or not: an account's lines stay together,
+        and never run into another's (``--jobs`` under cron)."""
         if not self.enabled:
-            yield
+            with self._lock:
+                yield
             return
         with self._lock:
             self._wipe()

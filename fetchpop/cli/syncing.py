@@ -15,6 +15,9 @@ from fetchpop.cli.env import Environment, Signals
 from fetchpop.cli.output import SUMMARY, StatusLine, message_hook, size, transcript
 from fetchpop.errors import ExitCode, FetchpopError, one_line, sanitize
 
+#: One account's sync: its exit status and its ``--json`` report.
+_Outcome = tuple[int, dict[str, Any]]
+
 if TYPE_CHECKING:
     from fetchpop.config import Account
     from fetchpop.seenstore import SeenStore
@@ -77,10 +80,7 @@ def sync(
                 return sync_one(env, account, wait, signals, accept_new_uidls, line, store)
 
             if jobs > 1 and len(selected) > 1:
-                from concurrent.futures import ThreadPoolExecutor
-
-                with ThreadPoolExecutor(max_workers=jobs) as pool:
-                    results = list(pool.map(one, selected))
+                results = _in_jobs(selected, one, jobs)
             else:
                 results = [one(account) for account in selected]
         if as_json:
@@ -97,6 +97,31 @@ def sync(
         return _every(env, interval, signals, once)
 
     guard(env, run)
+
+
+def _in_jobs(
+    selected: list[Account], one: Callable[[Account], _Outcome], jobs: int
+) -> list[_Outcome]:
+    """*one* for each account, up to *jobs* at a time, the results in order.
+
+    Accounts of one mailbox go one after the other, in one job: they take
+    its lock in turn, where side by side all but one would find it taken.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    groups: dict[tuple[str, int, str], list[int]] = {}
+    for i, account in enumerate(selected):
+        groups.setdefault(account.mailbox, []).append(i)
+    results: dict[int, _Outcome] = {}
+
+    def run(indices: list[int]) -> None:
+        for i in indices:
+            results[i] = one(selected[i])
+
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        for _ in pool.map(run, groups.values()):
+            pass  # (re-raises what a job raised)
+    return [results[i] for i in range(len(selected))]
 
 
 def _every(
