@@ -339,6 +339,24 @@ class SeenStore:
         rows = self._read("SELECT uidl, first_seen FROM seen WHERE mailbox = ?", (mailbox,))
         return dict(rows)  # type: ignore[arg-type]  # (TEXT, REAL) columns
 
+    def seen_text(self, mailbox: int) -> tuple[int, str]:
+        """How many UIDLs are recorded for *mailbox*, and all of them in one
+        string, joined by line feeds, in key order (one query, no row objects)."""
+        rows = self._read(
+            "SELECT count(*), group_concat(uidl, char(10)) FROM seen WHERE mailbox = ?",
+            (mailbox,),
+        )
+        count, text = rows[0]
+        return int(str(count)), "" if text is None else str(text)
+
+    def seen_before(self, mailbox: int, when: float) -> dict[str, float]:
+        """The UIDLs of *mailbox* first recorded at or before *when*, with that time."""
+        rows = self._read(
+            "SELECT uidl, first_seen FROM seen WHERE mailbox = ? AND first_seen <= ?",
+            (mailbox, when),
+        )
+        return dict(rows)  # type: ignore[arg-type]  # (TEXT, REAL) columns
+
     def record(
         self,
         mailbox: int,
@@ -403,28 +421,13 @@ class SeenStore:
                 ).rowcount
             return count
 
-    def prune(
-        self,
-        mailbox: int,
-        present: Collection[str],
-        *,
-        recorded: Iterable[str] | None = None,
-        problems: Iterable[str] | None = None,
-    ) -> int:
-        """Forget UIDLs no longer on the server (after a completed session only).
-
-        *recorded* and *problems*, when the caller has them at hand, are the
-        UIDLs recorded for *mailbox* and its problem messages (else they are read).
-        """
-        known = self.seen(mailbox) if recorded is None else recorded
-        gone = [uidl for uidl in known if uidl not in present]
-        if gone:
-            self.forget(mailbox, gone)
-        failing = self.problems(mailbox) if problems is None else problems
-        stale = [uidl for uidl in failing if uidl not in present]
-        if stale:
-            self.clear_problems(mailbox, stale)
-        return len(gone)
+    def prune(self, mailbox: int, records: Collection[str], problems: Collection[str]) -> None:
+        """Forget *records* and the notes on *problems*: messages no longer on
+        the server (see fetchpop.sync.plan.vanished; after a completed session only)."""
+        if records:
+            self.forget(mailbox, records)
+        if problems:
+            self.clear_problems(mailbox, problems)
 
     # -- intents ---------------------------------------------------------------
 

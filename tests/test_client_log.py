@@ -55,7 +55,7 @@ def login(transport: Script, log: client_module.Log | None) -> Client:
 def fetch(pop: Client) -> list[tuple[int, object]]:
     uidl, _ = pop.maildrop()
     got: list[tuple[int, object]] = []
-    for number, body in pop.retrieve([(n, None) for n, _ in uidl], window=2):
+    for number, body in pop.retrieve([(n, None) for n in uidl.numbers], window=2):
         got.append((number, body if isinstance(body, Refusal) else b"".join(body)))
     pop.delete_and_quit([1])
     return got

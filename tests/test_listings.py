@@ -33,18 +33,55 @@ def outcome(parse: Callable[[list[bytes]], Any], lines: list[bytes]) -> object:
         return type(exc), str(exc)
 
 
+def uidl_fast(lines: list[bytes]) -> list[tuple[int, str]] | None:
+    """The compact fast path's result as the line-by-line one gives it."""
+    fast = parsers._uidl_fast(lines)
+    return None if fast is None else list(zip(fast.numbers, fast.ids(), strict=True))
+
+
+def sizes_fast(lines: list[bytes]) -> dict[int, int] | None:
+    fast = parsers._sizes_fast(lines)
+    return None if fast is None else fast.mapping()
+
+
+def as_blocks(lines: list[bytes]) -> parsers.Lines | None:
+    """The lines as the protocol hands them over: in blocks (two here)."""
+    if any(b"\n" in line for line in lines):
+        return None  # (no line from the protocol holds one)
+    blocks = parsers.Lines()
+    half = len(lines) // 2
+    blocks.add(lines[:half])
+    blocks.add(lines[half:])
+    assert blocks == lines
+    return blocks
+
+
 def check_uidl(lines: list[bytes]) -> None:
     expected = outcome(parsers._uidl_by_line, lines)
-    fast = parsers._uidl_fast(lines)
+    fast = uidl_fast(lines)
     assert fast is None or fast == expected
     assert outcome(parse_uidl, lines) == expected
+    blocks = as_blocks(lines)
+    if blocks is not None:
+        assert outcome(parse_uidl, blocks) == expected
+    compact = outcome(parsers.parse_uidls, lines)
+    if isinstance(compact, parsers.UIDLs):  # the numbers compact, the same ids
+        assert list(zip(compact.numbers, compact.ids(), strict=True)) == expected
+        assert isinstance(compact.numbers, range) == (
+            [n for n, _ in expected] == list(range(1, len(expected) + 1))
+        )
+    else:
+        assert compact == expected
 
 
 def check_sizes(lines: list[bytes]) -> None:
     expected = outcome(parsers._sizes_by_line, lines)
-    fast = parsers._sizes_fast(lines)
+    fast = sizes_fast(lines)
     assert fast is None or fast == expected
     assert outcome(parse_list, lines) == expected
+    blocks = as_blocks(lines)
+    if blocks is not None:
+        assert outcome(parse_list, blocks) == expected
 
 
 NUMBERS = [b"1", b"2", b"7", b"0", b"00", b"01", b"0000000007", b"00000000007", b"2147483647"]
@@ -205,10 +242,13 @@ def test_usual_listings_take_the_fast_path() -> None:
     uidl = [b"%d %08x-%d" % (n, n * 7919, n) for n in range(1, 10_001)]
     sizes = [b"%d %d" % (n, 3000 + n) for n in range(1, 10_001)]
     expected_uidl = [(n, uid.split(b" ")[1].decode()) for n, uid in enumerate(uidl, 1)]
-    assert parsers._uidl_fast(uidl) == expected_uidl == parsers._uidl_by_line(uidl)
-    assert parsers._sizes_fast(sizes) == {n: 3000 + n for n in range(1, 10_001)}
+    assert uidl_fast(uidl) == expected_uidl == parsers._uidl_by_line(uidl)
+    assert sizes_fast(sizes) == {n: 3000 + n for n in range(1, 10_001)}
+    # The usual numbering costs no memory: a range.
+    assert parsers.parse_uidls(uidl).numbers == range(1, 10_001)
+    assert parsers.parse_sizes(sizes).numbers == range(1, 10_001)
     # Latin-1 UIDs stay byte for byte, and take the fast path too.
-    assert parsers._uidl_fast([b"3 \xe9\x7f\xff"]) == [(3, "\xe9\x7f\xff")]
+    assert uidl_fast([b"3 \xe9\x7f\xff"]) == [(3, "\xe9\x7f\xff")]
 
 
 @pytest.mark.parametrize(

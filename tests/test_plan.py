@@ -15,6 +15,7 @@ from fetchpop.sync.plan import (
     MAX_ATTEMPTS,
     RESET_MIN_UNKNOWN,
     Known,
+    Seen,
     ServerMessage,
     make_plan,
     merge_listings,
@@ -71,13 +72,13 @@ def test_a_message_without_a_size_is_a_protocol_error() -> None:
 
 
 def test_new_messages_are_fetched_and_known_ones_left_with_keep() -> None:
-    plan = make_plan(account(), messages("a", "b", "c"), Known(seen={"b": NOW}), now=NOW)
+    plan = make_plan(account(), messages("a", "b", "c"), Known(seen=Seen.of({"b": NOW})), now=NOW)
     assert uidls(plan.fetch) == ["a", "c"]
     assert plan.delete == [] and plan.skip == []
 
 
 def test_keep_false_deletes_what_is_recorded_and_only_that() -> None:
-    known = Known(seen={"a": NOW, "b": NOW}, undelivered={"b"})
+    known = Known(seen=Seen.of({"a": NOW, "b": NOW}), undelivered={"b"})
     plan = make_plan(account(keep=False), messages("a", "b", "c"), known, now=NOW)
     assert uidls(plan.fetch) == ["c"]
     # "b" was marked seen (seen mark), never delivered here: never deleted.
@@ -87,17 +88,17 @@ def test_keep_false_deletes_what_is_recorded_and_only_that() -> None:
 
 
 def test_delete_after_days_counts_from_the_first_fetch() -> None:
-    known = Known(seen={"old": NOW - 31 * DAY, "young": NOW - 29 * DAY})
+    known = Known(seen=Seen.of({"old": NOW - 31 * DAY, "young": NOW - 29 * DAY}))
     plan = make_plan(account(delete_after_days=30), messages("old", "young"), known, now=NOW)
     assert [(m.uidl, why) for m, why in plan.delete] == [("old", "first fetched 31 days ago")]
 
 
 def test_copies_of_a_repeated_uidl_are_deleted_together() -> None:
     merged, _ = merge_listings([(1, "x"), (2, "x")], {1: 1, 2: 2})
-    one_recorded = Known(seen={"x": NOW})
+    one_recorded = Known(seen=Seen.of({"x": NOW}))
     plan = make_plan(account(keep=False), merged, one_recorded, now=NOW)
     assert uidls(plan.fetch) == ["x\n#2"] and plan.delete == []
-    both = Known(seen={"x": NOW, "x\n#2": NOW})
+    both = Known(seen=Seen.of({"x": NOW, "x\n#2": NOW}))
     assert uidls(make_plan(account(keep=False), merged, both, now=NOW).delete) == ["x", "x\n#2"]
 
 
@@ -119,7 +120,7 @@ def test_skips_max_size_poison_and_max_messages() -> None:
 def test_the_brake_fires_when_the_known_uidls_all_went_and_new_ones_came() -> None:
     seen = {f"old-{n}": NOW for n in range(100)}
     new = messages(*(f"new-{n}" for n in range(100)))
-    plan = make_plan(account(), new, Known(seen=seen), now=NOW)
+    plan = make_plan(account(), new, Known(seen=Seen.of(seen)), now=NOW)
     reason = uidl_reset(plan, seen)
     assert reason is not None and reason.startswith("100 of the 100 messages on the server")
 
@@ -127,11 +128,13 @@ def test_the_brake_fires_when_the_known_uidls_all_went_and_new_ones_came() -> No
 def test_the_brake_stays_off_for_new_mail_beside_old() -> None:
     seen = {f"old-{n}": NOW for n in range(100)}
     listing = messages(*(f"old-{n}" for n in range(100)), *(f"new-{n}" for n in range(150)))
-    plan = make_plan(account(), listing, Known(seen=seen), now=NOW)
+    plan = make_plan(account(), listing, Known(seen=Seen.of(seen)), now=NOW)
     assert uidl_reset(plan, seen) is None
 
 
 def test_the_brake_needs_a_store_that_knows_the_mailbox() -> None:
     seen = {f"old-{n}": NOW for n in range(RESET_MIN_UNKNOWN - 1)}
-    plan = make_plan(account(), messages(*(f"n{n}" for n in range(50))), Known(seen=seen), now=NOW)
+    plan = make_plan(
+        account(), messages(*(f"n{n}" for n in range(50))), Known(seen=Seen.of(seen)), now=NOW
+    )
     assert uidl_reset(plan, seen) is None

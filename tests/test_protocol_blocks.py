@@ -62,7 +62,7 @@ class PerLineProtocol(POP3Protocol):
                 raise ProtocolError(
                     f"reply to {exp.command} exceeds {protocol.MAX_LISTING_SIZE} bytes"
                 )
-            self._lines.append(line)
+            self._lines.add([line])
         del buf[:consumed]
         return NEED_DATA
 

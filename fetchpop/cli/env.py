@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -21,6 +22,10 @@ from fetchpop.errors import Interrupted
 if TYPE_CHECKING:
     from fetchpop.config import Account, Config
     from fetchpop.seenstore import SeenStore
+
+
+#: Held while a password is asked for (``sync --jobs``: one prompt at a time).
+_PROMPTING = threading.Lock()
 
 
 @dataclasses.dataclass
@@ -40,6 +45,8 @@ class Environment:
     warn_clear_text: bool = True
     #: Seconds since the epoch, now (replaced in tests).
     clock: Callable[[], float] = time.time
+    #: The configuration as last read, and what its file's stat said then.
+    _config: tuple[tuple[object, ...], Config] | None = dataclasses.field(default=None, repr=False)
 
     def state_dir(self) -> Path:
         """``<user state dir>/fetchpop`` (Linux: $XDG_STATE_HOME/fetchpop)."""
@@ -88,10 +95,28 @@ class Environment:
         self.stdout.flush()
 
     def load_config(self) -> Config:
-        """Find and load the configuration file."""
+        """Find and load the configuration file; the same file unchanged since
+        the last call (``sync --every``'s next round) is not parsed again."""
         from fetchpop.config import find_config_path, load_config
 
-        return load_config(find_config_path(self.config_option, self.environ), environ=self.environ)
+        path = find_config_path(self.config_option, self.environ)
+        try:
+            st = os.stat(path)
+            stamp: tuple[object, ...] = (
+                path,
+                st.st_ino,
+                st.st_dev,
+                st.st_size,
+                st.st_mtime_ns,
+                st.st_ctime_ns,
+            )
+        except OSError:
+            stamp = ()  # (load_config says what is wrong)
+        if stamp and self._config is not None and self._config[0] == stamp:
+            return self._config[1]
+        config = load_config(path, environ=self.environ)
+        self._config = (stamp, config) if stamp else None
+        return config
 
     def password_source(self, account: Account) -> Callable[[], str]:
         """A callable that fetches the account's password only when the login needs it.
@@ -135,7 +160,11 @@ class Environment:
             return None
         import getpass
 
-        return getpass.getpass
+        def ask(text: str) -> str:
+            with _PROMPTING:  # one at a time, however many jobs want a password
+                return getpass.getpass(text)
+
+        return ask
 
     def _access_tokens(self, account: Account, *, imap: bool = False) -> Callable[[], str]:
         """Access tokens, refreshed as needed: the account's sign-in, or with

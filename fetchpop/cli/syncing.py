@@ -15,6 +15,13 @@ from fetchpop.cli.env import Environment, Signals
 from fetchpop.cli.output import SUMMARY, StatusLine, message_hook, size, transcript
 from fetchpop.errors import ExitCode, FetchpopError, one_line, sanitize
 
+#: Accounts synced at the same time unless ``--jobs`` says otherwise. Each
+#: mostly waits on its server (the login, the listing, round trips), so a
+#: few side by side finish in the time of the slowest; fetchpop's own work
+#: runs on one core (threads), and more than a few connections at once from
+#: one address is what some providers take for abuse.
+DEFAULT_JOBS = 4
+
 #: One account's sync: its exit status and its ``--json`` report.
 _Outcome = tuple[int, dict[str, Any]]
 
@@ -45,9 +52,9 @@ if TYPE_CHECKING:
     "-j",
     "--jobs",
     type=click.IntRange(min=1, max=32),
-    default=1,
+    default=DEFAULT_JOBS,
     metavar="N",
-    help="Sync up to N accounts at the same time.",
+    help=f"Sync up to N accounts at the same time (default {DEFAULT_JOBS}).",
 )
 @click.option(
     "--every",
@@ -262,12 +269,12 @@ def check(accounts: tuple[str, ...], as_json: bool) -> None:
 
         config = env.load_config()
         codes, reports = [], []
-        known_by_mailbox = _read_known(env, config.select(accounts))
+        known_by_account = _read_known(env, config.select(accounts))
         for account in config.select(accounts):
             try:
                 plan = check_account(
                     account,
-                    known_by_mailbox.get(account.mailbox, Known()),
+                    known_by_account.get(account.name, Known()),
                     env.password_source(account),
                     log=transcript(env, account.name),
                 )
@@ -329,8 +336,8 @@ def _skipped(problems: dict[str, tuple[int, str]]) -> list[dict[str, Any]]:
     ]
 
 
-def _read_known(env: Environment, accounts: list[Account]) -> dict[tuple[str, int, str], Known]:
-    """What the store knows per mailbox, read without creating or changing it."""
+def _read_known(env: Environment, accounts: list[Account]) -> dict[str, Known]:
+    """What the store knows per account, read without creating or changing it."""
     from fetchpop.seenstore import SeenStore
     from fetchpop.sync import read_known
 
@@ -342,7 +349,7 @@ def _read_known(env: Environment, accounts: list[Account]) -> dict[tuple[str, in
         for account in accounts:
             mailbox = store.mailbox_id(*account.mailbox, create=False)
             if mailbox is not None:
-                out[account.mailbox] = read_known(store, mailbox)
+                out[account.name] = read_known(store, mailbox, account, now=env.clock())
     return out
 
 

@@ -58,7 +58,14 @@ from fetchpop.errors import (
     cut,
 )
 from fetchpop.pop3 import auth
-from fetchpop.pop3.listings import Capabilities, parse_capa, parse_list, parse_uidl
+from fetchpop.pop3.listings import (
+    Capabilities,
+    Sizes,
+    UIDLs,
+    parse_capa,
+    parse_sizes,
+    parse_uidls,
+)
 from fetchpop.pop3.protocol import (
     NEED_DATA,
     Continuation,
@@ -238,8 +245,8 @@ class Client:
     def when_waiting(self, task: Callable[[], None]) -> None:
         """Run *task* once, the next time this client has to wait for the server.
 
-        Local work done then (reading the seen-store while the server checks
-        the login and lists the maildrop) takes no time of its own. What
+        Local work done then (reading the seen-store while the server lists
+        the maildrop) takes no time of its own. What
         *task* raises comes out of the command that was waiting.
         """
         self._idle = task
@@ -457,29 +464,30 @@ class Client:
         The unique ids are data, exact (a match must be exact): whoever shows
         one sanitises it.
         """
-        return self._parse_uidl(self._listing("UIDL"))
+        listing = self._parse_uidl(self._listing("UIDL"))
+        return list(zip(listing.numbers, listing.ids(), strict=True))
 
-    def _parse_uidl(self, result: Listing | Reply) -> list[tuple[int, str]]:
+    def _parse_uidl(self, result: Listing | Reply) -> UIDLs:
         if isinstance(result, Reply):
             raise CapabilityError(
                 "server does not support UIDL, so fetchpop cannot tell new mail from old: "
                 + describe(result)
             )
         with self._secrets.scrubbing():  # its errors quote a line
-            return parse_uidl(result.lines)
+            return parse_uidls(result.lines)
 
     def sizes(self) -> dict[int, int]:
         """LIST listing: message number -> size in octets."""
-        return self._parse_sizes(self._listing("LIST"))
+        return self._parse_sizes(self._listing("LIST")).mapping()
 
-    def _parse_sizes(self, result: Listing | Reply) -> dict[int, int]:
+    def _parse_sizes(self, result: Listing | Reply) -> Sizes:
         if isinstance(result, Reply):
             raise ServerError("LIST failed: " + describe(result), result.code)
         with self._secrets.scrubbing():
-            return parse_list(result.lines)
+            return parse_sizes(result.lines)
 
-    def maildrop(self) -> tuple[list[tuple[int, str]], dict[int, int]]:
-        """After login: CAPA again (RFC 2449 section 5), UIDL and LIST.
+    def maildrop(self) -> tuple[UIDLs, Sizes]:
+        """After login: CAPA again (RFC 2449 section 5), UIDL and LIST, compact.
 
         With PIPELINING (as CAPA before login said) the three go out together,
         one round trip instead of three.
@@ -487,8 +495,10 @@ class Client:
         if not self.pipelining:
             if self.capabilities is not None:
                 self.capa()
-            listing = self.uidl()
-            return listing, (self.sizes() if listing else {})
+            listing = self._parse_uidl(self._listing("UIDL"))
+            if not listing:
+                return listing, Sizes.none()
+            return listing, self._parse_sizes(self._listing("LIST"))
         self._send(self._p.send("CAPA") + self._p.send("UIDL") + self._p.send("LIST"))
         # Each parsed as soon as it is read: UIDL's lines are gone before
         # LIST's arrive (a maildrop of a million messages).

@@ -16,8 +16,11 @@ and gives the same result.
 
 from __future__ import annotations
 
+import dataclasses
 import operator
-from collections.abc import Iterator
+from array import array
+from collections.abc import Iterator, Sequence
+from typing import TypeAlias, overload
 
 from fetchpop.errors import ProtocolError, sanitize
 
@@ -41,7 +44,57 @@ _OCTET_DIGITS = len(str(MAX_OCTETS))
 _CHUNK = 8192
 
 
-def parse_capa(lines: list[bytes]) -> Capabilities:
+class Lines(Sequence[bytes]):
+    """A listing's lines, kept as the blocks they came in: each block the
+    lines of one read, unstuffed, each ended by a line feed. A listing of
+    100,000 messages is a few dozen bytes objects, not 100,000 (the parsers
+    in fetchpop/pop3/listings.py take the blocks whole); a line is made only
+    for whoever asks for one."""
+
+    __slots__ = ("_count", "blocks")
+
+    def __init__(self, blocks: list[bytes] | None = None, count: int = 0) -> None:
+        self.blocks = blocks if blocks is not None else []
+        self._count = count
+
+    @classmethod
+    def of(cls, lines: Sequence[bytes]) -> Lines:
+        """The lines given (none of them holding a line feed)."""
+        return cls([b"".join(line + b"\n" for line in lines)] if lines else [], len(lines))
+
+    def add(self, lines: Sequence[bytes]) -> None:
+        if lines:
+            self.blocks.append(b"\n".join(lines) + b"\n")
+            self._count += len(lines)
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __iter__(self) -> Iterator[bytes]:
+        for block in self.blocks:
+            yield from block.split(b"\n")[:-1]
+
+    @overload
+    def __getitem__(self, index: int) -> bytes: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[bytes]: ...
+
+    def __getitem__(self, index: int | slice) -> bytes | list[bytes]:
+        return list(self)[index]
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Lines | list):
+            return list(self) == list(other)
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"Lines({list(self)!r})"
+
+
+def parse_capa(lines: Sequence[bytes]) -> Capabilities:
     """CAPA's lines as name -> arguments (RFC 2449 section 5); names upper-cased.
 
     Sanitised here, once: capabilities reach error lines (``it offers: ...``),
@@ -56,21 +109,95 @@ def parse_capa(lines: list[bytes]) -> Capabilities:
     return caps
 
 
-def parse_uidl(lines: list[bytes]) -> list[tuple[int, str]]:
+def parse_uidl(lines: Sequence[bytes]) -> list[tuple[int, str]]:
     """UIDL's lines as (message number, unique id), in listing order."""
+    listing = parse_uidls(lines)
+    return list(zip(listing.numbers, listing.ids(), strict=True))
+
+
+def parse_list(lines: Sequence[bytes]) -> dict[int, int]:
+    """LIST's lines as message number -> size in octets."""
+    return parse_sizes(lines).mapping()
+
+
+def parse_uidls(lines: Sequence[bytes]) -> UIDLs:
+    """UIDL's lines, compact (see :class:`UIDLs`)."""
     _check_count(lines, "UIDL")
     fast = _uidl_fast(lines)
-    return fast if fast is not None else _uidl_by_line(lines)
+    if fast is not None:
+        return fast
+    pairs = _uidl_by_line(lines)
+    return UIDLs(_compact([n for n, _ in pairs]), "\n".join(u for _, u in pairs))
 
 
-def parse_list(lines: list[bytes]) -> dict[int, int]:
-    """LIST's lines as message number -> size in octets."""
+def parse_sizes(lines: Sequence[bytes]) -> Sizes:
+    """LIST's lines, compact (see :class:`Sizes`)."""
     _check_count(lines, "LIST")
     fast = _sizes_fast(lines)
-    return fast if fast is not None else _sizes_by_line(lines)
+    if fast is not None:
+        return fast
+    sizes = _sizes_by_line(lines)
+    return Sizes(_compact(list(sizes)), array("q", sizes.values()))
 
 
-def _check_count(lines: list[bytes], what: str) -> None:
+#: Message numbers in listing order: the usual 1, 2, ... n as a range (no
+#: memory at all), else an array of 8-byte integers.
+Numbers: TypeAlias = "range | array[int]"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class UIDLs:
+    """A UIDL listing without an object per message: the numbers, and the
+    unique ids joined by line feeds (which no id can hold: each comes from
+    one line) in one string."""
+
+    numbers: Numbers
+    text: str
+
+    def __len__(self) -> int:
+        return len(self.numbers)
+
+    def ids(self) -> list[str]:
+        """The unique ids, in listing order."""
+        return self.text.split("\n") if self.numbers else []
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Sizes:
+    """A LIST listing without an object per message: numbers and sizes."""
+
+    numbers: Numbers
+    octets: array[int]
+
+    @classmethod
+    def none(cls) -> Sizes:
+        """The sizes of an empty maildrop."""
+        return cls(range(1, 1), array("q"))
+
+    def mapping(self) -> dict[int, int]:
+        """Message number -> size (a number listed twice: its last size)."""
+        return dict(zip(self.numbers, self.octets, strict=True))
+
+
+def same_numbers(a: Numbers, b: Numbers) -> bool:
+    """Whether two listings number their messages alike, in the same order."""
+    if isinstance(a, range) and isinstance(b, range):
+        return a == b
+    return len(a) == len(b) and array("q", a) == array("q", b)
+
+
+def _compact(numbers: list[int]) -> Numbers:
+    n = len(numbers)
+    if not n or (numbers[0] == 1 and numbers[-1] == n and _ascending(numbers)):
+        return range(1, n + 1)  # strictly ascending from 1 to n, n of them: 1..n
+    return array("q", numbers)
+
+
+def _ascending(numbers: Sequence[int]) -> bool:
+    return all(map(operator.lt, numbers, numbers[1:]))
+
+
+def _check_count(lines: Sequence[bytes], what: str) -> None:
     if len(lines) > MAX_MESSAGES:
         raise ProtocolError(
             f"the server's {what} lists {len(lines):,} messages; fetchpop takes at most "
@@ -78,9 +205,17 @@ def _check_count(lines: list[bytes], what: str) -> None:
         )
 
 
-def _chunks(lines: list[bytes]) -> Iterator[list[bytes]]:
+def _chunks(lines: Sequence[bytes]) -> Iterator[tuple[bytes, int]]:
+    """The lines a chunk at a time: (text, number of lines), each line in the
+    text ended by a line feed. The protocol's :class:`Lines` are such chunks
+    already (a line holding a line feed makes a chunk the fast path refuses)."""
+    if isinstance(lines, Lines):
+        for block in lines.blocks:
+            yield block, block.count(b"\n")
+        return
     for start in range(0, len(lines), _CHUNK):
-        yield lines[start : start + _CHUNK]
+        chunk = lines[start : start + _CHUNK]
+        yield b"".join(line + b"\n" for line in chunk), len(chunk)
 
 
 def _message_number(digits: bytes, line: bytes, what: str) -> int:
@@ -97,13 +232,11 @@ def _message_number(digits: bytes, line: bytes, what: str) -> int:
 _NOT_SPACE = bytes(c for c in range(256) if not chr(c).isspace())
 
 
-def _words(lines: list[bytes]) -> list[str] | None:
-    """The two words of every line, in one list, if each line is exactly
-    "word SP word" (no other whitespace anywhere); else None."""
-    count = len(lines)
-    text = b"\n".join(lines)
-    # What whitespace is left must be one space per line and the LFs between lines.
-    if not count or text.translate(None, _NOT_SPACE) != b" \n" * (count - 1) + b" ":
+def _words(text: bytes, count: int) -> list[str] | None:
+    """The two words of each of the *count* lines of *text*, in one list, if
+    each line is exactly "word SP word" (no other whitespace anywhere); else None."""
+    # What whitespace is left must be one space and the line feed of each line.
+    if not count or text.translate(None, _NOT_SPACE) != b" \n" * count:
         return None
     words = text.decode("latin-1").split()
     return words if len(words) == 2 * count else None  # fewer: a word was empty
@@ -123,32 +256,36 @@ def _message_numbers(words: list[str]) -> list[int] | None:
     return numbers if min(numbers) >= 1 and max(numbers) <= MAX_MESSAGE_NUMBER else None
 
 
-def _uidl_fast(lines: list[bytes]) -> list[tuple[int, str]] | None:
+def _uidl_fast(lines: Sequence[bytes]) -> UIDLs | None:
     """What _uidl_by_line gives, when every line is "number uid"; else None.
 
-    A chunk of lines at a time: only the pairs stay, and the temporaries (the
-    chunk's text and words) are a chunk's worth, not the listing's.
+    A chunk of lines at a time: only the numbers (in an array) and the ids
+    (in one string) stay, and the temporaries (the chunk's text and words)
+    are a chunk's worth, not the listing's.
     """
-    out: list[tuple[int, str]] = []
+    numbers = array("q")
+    pieces: list[str] = []
     ascending = True  # the usual order: 1, 2, 3 ... needs no set to rule out repeats
-    last = 0
-    for chunk in _chunks(lines):
-        words = _words(chunk)
+    for text, count in _chunks(lines):
+        words = _words(text, count)
         if words is None:
             return None
-        numbers = _message_numbers(words[0::2])
-        if numbers is None:
+        chunk_numbers = _message_numbers(words[0::2])
+        if chunk_numbers is None:
             return None
         if ascending:
-            ascending = numbers[0] > last and all(map(operator.lt, numbers, numbers[1:]))
-            last = numbers[-1]
-        out += zip(numbers, words[1::2], strict=True)
-    if not ascending and len({number for number, _ in out}) != len(out):
+            last = numbers[-1] if numbers else 0
+            ascending = chunk_numbers[0] > last and _ascending(chunk_numbers)
+        numbers.extend(chunk_numbers)
+        pieces.append("\n".join(words[1::2]))
+    if not numbers or (not ascending and len(set(numbers)) != len(numbers)):
         return None
-    return out or None
+    n = len(numbers)
+    compact: Numbers = range(1, n + 1) if ascending and numbers[-1] == n else numbers
+    return UIDLs(compact, "\n".join(pieces))
 
 
-def _uidl_by_line(lines: list[bytes]) -> list[tuple[int, str]]:
+def _uidl_by_line(lines: Sequence[bytes]) -> list[tuple[int, str]]:
     out = []
     numbers: set[int] = set()
     for line in lines:
@@ -160,6 +297,8 @@ def _uidl_by_line(lines: list[bytes]) -> list[tuple[int, str]]:
         uid = parts[1].strip()
         if not uid:
             raise ProtocolError("empty unique id in UIDL listing")
+        if b"\n" in uid:  # (never from the protocol, which splits lines there)
+            raise ProtocolError("malformed UIDL line: " + sanitize(line, 80))
         number = _message_number(parts[0], line, "UIDL")
         if number in numbers:
             # Two ids for one message: which one would we record?
@@ -169,24 +308,30 @@ def _uidl_by_line(lines: list[bytes]) -> list[tuple[int, str]]:
     return out
 
 
-def _sizes_fast(lines: list[bytes]) -> dict[int, int] | None:
+def _sizes_fast(lines: Sequence[bytes]) -> Sizes | None:
     """What _sizes_by_line gives, when every line is "number size"; else None."""
-    sizes: dict[int, int] = {}
-    for chunk in _chunks(lines):
-        words = _words(chunk)
+    numbers, octets = array("q"), array("q")
+    for text, count in _chunks(lines):
+        words = _words(text, count)
         if words is None:
             return None
-        numbers, digits = _message_numbers(words[0::2]), words[1::2]
-        if numbers is None or not _digits(digits) or max(map(len, digits)) > _OCTET_DIGITS:
+        chunk_numbers, digits = _message_numbers(words[0::2]), words[1::2]
+        if chunk_numbers is None or not _digits(digits) or max(map(len, digits)) > _OCTET_DIGITS:
             return None
-        octets = list(map(int, digits))
-        if max(octets) > MAX_OCTETS:
+        chunk_octets = list(map(int, digits))
+        if max(chunk_octets) > MAX_OCTETS:
             return None
-        sizes.update(zip(numbers, octets, strict=True))
-    return sizes or None
+        numbers.extend(chunk_numbers)
+        octets.extend(chunk_octets)
+    if not numbers:
+        return None
+    n = len(numbers)
+    if numbers[0] == 1 and numbers[-1] == n and _ascending(numbers):
+        return Sizes(range(1, n + 1), octets)
+    return Sizes(numbers, octets)
 
 
-def _sizes_by_line(lines: list[bytes]) -> dict[int, int]:
+def _sizes_by_line(lines: Sequence[bytes]) -> dict[int, int]:
     sizes = {}
     for line in lines:
         parts = line.split()

@@ -50,6 +50,7 @@ from fetchpop.errors import (
     sanitize,
 )
 from fetchpop.pop3 import listings
+from fetchpop.pop3.listings import Lines
 from fetchpop.pop3.masking import Secrets
 
 #: RFC 2449 section 4 allows 512 octets for a status line; real servers send
@@ -137,7 +138,7 @@ class Listing(NamedTuple):
 
     command: str
     text: bytes
-    lines: list[bytes]
+    lines: Lines
 
 
 @_event
@@ -218,7 +219,7 @@ class POP3Protocol:
         self._in_body = False
         self._bol = True
         self._octets = 0
-        self._lines: list[bytes] = []
+        self._lines = Lines()
         self._listing_size = 0
         self._listing_text = b""
         self._queued = 1  # the greeting is expected like a reply
@@ -380,7 +381,7 @@ class POP3Protocol:
         self._octets = 0
         if exp.kind is Kind.MESSAGE:
             return MessageStart(exp.command, text)
-        self._lines = []
+        self._lines = Lines()
         self._listing_size = 0
         self._listing_text = text
         return self._body(exp)
@@ -455,7 +456,7 @@ class POP3Protocol:
         del buf[: stop + (2 if buf[stop + 1 : stop + 2] == b"\n" else 3)]
         self._in_body = False
         self._expect.popleft()
-        lines, self._lines = self._lines, []
+        lines, self._lines = self._lines, Lines()
         return Listing(exp.command, self._listing_text, lines)
 
     def _add_lines(self, block: bytes, what: str, dotted: bool) -> None:
@@ -480,10 +481,11 @@ class POP3Protocol:
             size = self._listing_size + len(block) + bare_lfs - dots
             if size <= MAX_LISTING_SIZE:
                 self._listing_size = size
-                self._lines += lines
+                self._lines.add(lines)
                 self._check_count(what)
                 return
         # Some limit is crossed: line by line, for the error the first bad line gives.
+        checked = []
         for raw in block.split(b"\n")[:-1]:
             line = raw[:-1] if raw.endswith(b"\r") else raw
             if len(line) > MAX_LISTING_LINE:
@@ -493,7 +495,8 @@ class POP3Protocol:
             self._listing_size += len(line) + 2
             if self._listing_size > MAX_LISTING_SIZE:
                 raise ProtocolError(f"reply to {what} exceeds {MAX_LISTING_SIZE} bytes")
-            self._lines.append(line)
+            checked.append(line)
+        self._lines.add(checked)
         self._check_count(what)
 
     def _check_count(self, what: str) -> None:

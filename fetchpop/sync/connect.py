@@ -192,7 +192,10 @@ def connect(
 ) -> Client:
     """Open, secure and log in to *account*'s server. The caller QUITs or closes.
 
-    *meanwhile* runs while the server checks the login (:meth:`Client.when_waiting`).
+    *meanwhile* runs the first time the client waits after the login
+    (:meth:`Client.when_waiting`): while the server lists the maildrop, which
+    for a big one takes longer than the login (Dovecot: about 0.1 s for
+    100,000 messages, when reading the store's 100,000 keys takes 0.02 s).
 
     CAPA is asked again after login by :meth:`Client.maildrop`, pipelined with
     UIDL and LIST where the server allows it. With *known* capabilities (see
@@ -200,10 +203,10 @@ def connect(
     """
     client = open_connection(account, log=log, known=known, pipelining=pipelining)
     try:
-        if meanwhile is not None:
-            client.when_waiting(meanwhile)
         login(client, account, password)
         _logged_in(client)
+        if meanwhile is not None:
+            client.when_waiting(meanwhile)
     except BaseException:
         client.close()
         raise

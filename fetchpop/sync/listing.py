@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Collection
 
 from fetchpop.config import Account
 from fetchpop.errors import PipeliningLostError
@@ -12,8 +13,9 @@ from fetchpop.seenstore import SeenStore
 from fetchpop.sync.connect import PasswordSource, connect
 from fetchpop.sync.plan import (
     Known,
+    Maildrop,
     Plan,
-    ServerMessage,
+    Seen,
     lock_step_lately,
     make_plan,
     server_messages,
@@ -26,7 +28,7 @@ def list_server(
     *,
     log: Log | None = None,
     pipelining: bool = True,
-) -> tuple[list[ServerMessage], int]:
+) -> Maildrop:
     """Log in, list the maildrop (see :func:`server_messages`), QUIT. Changes
     nothing. *pipelining* False: the server is known to lose commands."""
     if pipelining:
@@ -39,7 +41,7 @@ def list_server(
 
 def _list_server(
     account: Account, password: PasswordSource, log: Log | None, *, pipelining: bool
-) -> tuple[list[ServerMessage], int]:
+) -> Maildrop:
     client = connect(account, password, log=log, pipelining=pipelining)
     try:
         listing = server_messages(client)
@@ -59,10 +61,8 @@ def check_account(
     now: float | None = None,
 ) -> Plan:
     """What a sync would fetch and delete now. Changes nothing anywhere."""
-    messages, repeats = list_server(account, password, log=log, pipelining=known.pipelining)
-    plan = make_plan(account, messages, known, now=time.time() if now is None else now)
-    plan.repeated_uidls = repeats
-    return plan
+    messages = list_server(account, password, log=log, pipelining=known.pipelining)
+    return make_plan(account, messages, known, now=time.time() if now is None else now)
 
 
 def mark_seen(
@@ -81,14 +81,15 @@ def mark_seen(
     if store is not None:
         box = store.mailbox_id(*account.mailbox, create=False)
         lock_step = box is not None and lock_step_lately(store, box)
-    messages, _ = list_server(account, password, log=log, pipelining=not lock_step)
-    seen: dict[str, float] = {}
+    messages = list_server(account, password, log=log, pipelining=not lock_step)
+    seen: Collection[str] = ()
     mailbox = None
     if store is not None:
         mailbox = store.mailbox_id(*account.mailbox)
         assert mailbox is not None
-        seen = store.seen(mailbox)
-    new = [m.uidl for m in messages if m.uidl not in seen]
+        seen = Seen.read(store, mailbox)
+    new = [] if isinstance(seen, Seen) and seen.matches(messages) else messages.keys()
+    new = [key for key in new if key not in seen]
     if store is not None and mailbox is not None:
         store.record(mailbox, new, delivered=False)
         store.sync()

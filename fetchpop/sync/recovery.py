@@ -13,6 +13,7 @@ not fetched this run.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 
 from fetchpop.config import Account
 from fetchpop.deliver import format_deliver, open_target, parse_deliver
@@ -44,7 +45,7 @@ def reconcile(
     account: Account,
     client: Client,
     target: Target,
-    messages: list[ServerMessage],
+    messages: Sequence[ServerMessage],
 ) -> Reconciled:
     """Record what an interrupted run delivered, drop what it did not."""
     intents = store.intents(mailbox)

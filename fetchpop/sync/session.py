@@ -52,6 +52,7 @@ from fetchpop.sync.plan import (
     QUIRK_DAYS,
     RESET_MIN_UNKNOWN,
     Known,
+    Maildrop,
     Plan,
     ServerMessage,
     UIDLResetError,
@@ -61,6 +62,7 @@ from fetchpop.sync.plan import (
     read_known,
     server_messages,
     uidl_reset,
+    vanished,
 )
 from fetchpop.sync.recovery import reconcile
 
@@ -270,9 +272,9 @@ class Session:
             raise
 
     def _read_known(self) -> None:
-        self._known = read_known(self.store, self._mailbox)
+        self._known = read_known(self.store, self._mailbox, self.account, now=self.now())
 
-    def _reconcile(self, client: Client, target: Target, messages: list[ServerMessage]) -> bool:
+    def _reconcile(self, client: Client, target: Target, messages: Maildrop) -> bool:
         """Resolve intents left by an interrupted run (:mod:`fetchpop.sync.recovery`);
         True when there were any (then the store has changed)."""
         outcome = reconcile(self.store, self._mailbox, self.account, client, target, messages)
@@ -302,7 +304,7 @@ class Session:
             # max_messages is per run: what earlier sessions fetched counts.
             left = max(0, account.max_messages - self.result.fetched)
             account = dataclasses.replace(account, max_messages=left)
-        messages, repeats = server_messages(client)
+        messages = server_messages(client)
         self.result.server_messages = len(messages)
         self._listed = max(self._listed, len(messages))
         # Gmail's normal mode lists no message a session has retrieved (and
@@ -310,17 +312,17 @@ class Session:
         # daily way, not a reset.
         gmail = b"Gpop" in client.greeting.text
         self._batched = gmail and len(messages) >= GMAIL_BATCH
-        # Read while the server was busy with the login, unless intents were
+        # Read while the server was busy listing, unless intents were
         # resolved since (or the client never had to wait).
         if self._reconcile(client, target, messages) or self._known is None:
             self._read_known()
         known = self._known
         assert known is not None
-        if repeats:
+        plan = make_plan(account, messages, known, now=self.now())
+        if plan.repeated_uidls:
             # popa3d's header-hash UIDLs repeat for identical messages every
             # run: handled, so only -v says so (cron stays quiet).
-            self.result.notes.append(f"server lists {repeats} repeated UIDL(s)")
-        plan = make_plan(account, messages, known, now=self.now())
+            self.result.notes.append(f"server lists {plan.repeated_uidls} repeated UIDL(s)")
         # With keep = false the store holds only what QUIT has not deleted
         # yet (an interrupted run's), so the brake works for it too.
         brake = not self.accept_new_uidls and not gmail
@@ -397,8 +399,7 @@ class Session:
             f"{len(different)} message(s) carry the UIDL of another message delivered "
             "before: fetched as new, not deleted"
         )
-        seen = {u: t for u, t in known.seen.items() if u not in set(different)}
-        return dataclasses.replace(known, seen=seen)
+        return dataclasses.replace(known, seen=known.seen.without(set(different)))
 
     def _reuse_brake(self, different: int, checked: int) -> None:
         """The UIDL-reset brake for UIDLs handed out again (proven by ``_prove``)."""
@@ -412,7 +413,7 @@ class Session:
             )
 
     def _delete_and_quit(
-        self, client: Client, messages: list[ServerMessage], known: Known, plan: Plan, window: int
+        self, client: Client, messages: Maildrop, known: Known, plan: Plan, window: int
     ) -> None:
         """DELE what the plan says (never a message that failed its check), QUIT,
         and forget the records of what QUIT deleted: a UIDL that comes back
@@ -427,13 +428,7 @@ class Session:
             self.store.forget(self._mailbox, deleted)
         # The session completed: UIDLs gone from the server can go from the store
         # (recorded before this session, or by it: those are on the server).
-        gone = set(deleted)
-        self.store.prune(
-            self._mailbox,
-            {m.uidl for m in messages if m.uidl not in gone},
-            recorded=[u for u in known.seen if u not in gone],
-            problems=known.problems,
-        )
+        self.store.prune(self._mailbox, *vanished(messages, known, set(deleted)))
 
     def _note_skips(self, plan: Plan, problems: Mapping[str, tuple[int, str]]) -> None:
         """Skipped messages: a warning the first time (max_size), every time (poison)."""

@@ -3,7 +3,7 @@
 
 Run by hand (it is not a test and asserts nothing)::
 
-    python3 tests/bench/bench.py [--cases A,B,C,D,E,F,G] [--repeat 3]
+    python3 tests/bench/bench.py [--cases A,B,C,D,E,F,G,H] [--repeat 3]
                                  [--tools fetchpop,mpop,fetchmail,getmail6]
                                  [--accounts 300] [--jobs 16]
                                  [--workdir DIR] [--source DIR] [--profile DIR]
@@ -20,7 +20,8 @@ B, through a proxy on loopback that delays every chunk by 25 ms each way
 mailboxes (300) of 3 messages each in one configuration, G1 with all of them
 seen (primed once), G2 fetching them all (fetchpop ``sync --jobs``
 ``--jobs``, 16; mpop ``-a``, fetchmail and getmail6 go one account after the
-other, as they can).
+other, as they can); H a nothing-new round of ``sync --every`` with 10,000
+seen, beside mpop's whole run (tests/bench/every.py, run after the others).
 
 Figures are medians over the repetitions, with the tools interleaved: wall
 time; CPU time (user + system) from ``os.wait4``, which includes the
@@ -922,7 +923,9 @@ def report(
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--cases", default="A,B,C,D,E", help="A,B,C,D,E,F,G (E = E1,E2; G = G1,G2)")
+    parser.add_argument(
+        "--cases", default="A,B,C,D,E", help="A,B,C,D,E,F,G,H (E = E1,E2; G = G1,G2)"
+    )
     parser.add_argument("--accounts", type=int, default=300, help="mailboxes in case G")
     parser.add_argument("--jobs", type=int, default=16, help="fetchpop's --jobs in case G")
     parser.add_argument("--repeat", type=int, default=3)
@@ -957,6 +960,9 @@ def parse_args() -> argparse.Namespace:
     args.keys = []
     for key in args.cases.upper().split(","):
         args.keys.extend(GROUPS.get(key, [key]))
+    # Case H is tests/bench/every.py (a process that keeps running), run after the others.
+    args.every = "H" in args.keys
+    args.keys = [k for k in args.keys if k != "H"]
     for key in ("G1", "G2"):
         case = CASES[key]
         many = f"{args.accounts:,} accounts"
@@ -1023,6 +1029,17 @@ def main() -> int:
         server.stop()
         shutil.rmtree(workdir, ignore_errors=True)
         shutil.rmtree(scratch, ignore_errors=True)
+    if args.every and not args.profile:
+        print(
+            "\ncase H: a nothing-new round of `sync --every` (tests/bench/every.py)\n", flush=True
+        )
+        every = [
+            sys.executable,
+            str(REPO / "tests" / "bench" / "every.py"),
+            "--source",
+            str(source),
+        ]
+        subprocess.run(every, check=False)
     return 0
 
 

@@ -9,8 +9,8 @@ Each N runs in a child process of its own, which builds the wire bytes of a
 UIDL and a LIST listing of N messages (Dovecot-like UIDLs, "00001a2b3c4d5e6f"
 plus the number; with --short, 8 hex digits as in the issue's 28 MB for a
 million messages), feeds them to a POP3Protocol in 64 KiB reads (as the
-client does), parses the listings (parse_uidl, parse_list), merges them
-(merge_listings) and plans against an empty seen-store (make_plan). It
+client does), parses the listings (parse_uidls, parse_sizes), merges them
+(maildrop) and plans against an empty seen-store (make_plan). It
 prints the wire size, the peak RSS (``ru_maxrss``) and the current one
 (/proc/self/statm) after each stage, and the seconds each took. Stages
 after a refusal (a listing over MAX_MESSAGES, or over the protocol's
@@ -40,9 +40,9 @@ def child(n: int, short: bool, eager: bool) -> None:
     from fetchpop.config import Account
     from fetchpop.config.model import DeliverySpec
     from fetchpop.errors import FetchpopError
-    from fetchpop.pop3.listings import parse_list, parse_uidl
+    from fetchpop.pop3.listings import parse_sizes, parse_uidls
     from fetchpop.pop3.protocol import Listing, POP3Protocol
-    from fetchpop.sync.plan import Known, make_plan, merge_listings
+    from fetchpop.sync.plan import Known, maildrop, make_plan
 
     def rss_mib() -> float:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -94,7 +94,7 @@ def child(n: int, short: bool, eager: bool) -> None:
             event = proto.next_event()
             assert isinstance(event, Listing), event
             if eager:  # parsed as soon as read: its lines are gone before LIST's come
-                parsed.append((parse_uidl if command == "UIDL" else parse_list)(event.lines))
+                parsed.append((parse_uidls if command == "UIDL" else parse_sizes)(event.lines))
             else:
                 listings.append(event.lines)
             del event
@@ -110,16 +110,16 @@ def child(n: int, short: bool, eager: bool) -> None:
     else:
         t = stage("protocol: lines", t)
         try:
-            listing = parse_uidl(listings[0])
-            sizes = parse_list(listings[1])
+            listing = parse_uidls(listings[0])
+            sizes = parse_sizes(listings[1])
         except FetchpopError as exc:
             print(f"  refused: {exc}")
             return
         del listings
-        t = stage("parse_uidl + parse_list", t)
-    messages, _ = merge_listings(listing, sizes)
+        t = stage("parse_uidls + parse_sizes", t)
+    messages = maildrop(listing, sizes)  # type: ignore[arg-type]
     del listing, sizes
-    t = stage("merge_listings", t)
+    t = stage("maildrop", t)
     account = Account(
         name="bench",
         host="pop.example.org",
