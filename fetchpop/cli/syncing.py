@@ -73,14 +73,20 @@ def sync(
     env = current_env()
     interval = _interval(every) if every is not None else None
 
+    opened: list[SeenStore] = []  # the seen-store, once open: every round's
+
     def once(signals: Signals) -> int:
         from fetchpop.pop3.transport import reusing_tls
 
         selected = env.load_config().select(accounts)
         line = StatusLine(env)  # one for the round: with --jobs, the bars share it
-        # One seen-store connection and one TLS cache (contexts, sessions)
-        # serve the round's accounts, in every job.
-        with env.open_store() as store, reusing_tls():
+        # One seen-store connection serves every account in every job (and,
+        # with --every, every round); one TLS cache (contexts, sessions) the
+        # round's.
+        if not opened:
+            opened.append(env.open_store())
+        store = opened[0]
+        with reusing_tls():
 
             def one(account: Account) -> tuple[int, dict[str, Any]]:
                 signals.check()
@@ -99,9 +105,13 @@ def sync(
     def run() -> int:
         signals = Signals(env)
         signals.install()
-        if interval is None:
-            return once(signals)
-        return _every(env, interval, signals, once)
+        try:
+            if interval is None:
+                return once(signals)
+            return _every(env, interval, signals, once)
+        finally:
+            for store in opened:
+                store.close()
 
     guard(env, run)
 
