@@ -37,6 +37,14 @@ from fetchpop.sync.plan import (
 )
 
 NOW = 1_800_000_000.0
+ACCOUNT = Account(
+    name="home",
+    host="pop.example.org",
+    user="alice",
+    port=995,
+    tls="implicit",
+    deliver=DeliverySpec("maildir", Path("/nonexistent")),
+)
 
 
 # -- the oracle: the plan of before, message by message ---------------------------
@@ -152,14 +160,7 @@ def mailboxes(draw: st.DrawFn) -> dict[str, object]:
     problem_keys = draw(st.lists(st.sampled_from([*keys, "gone3"]), unique=True, max_size=3))
     problems = {k: draw(st.integers(0, 4)) for k in problem_keys}
     account = dataclasses.replace(
-        Account(
-            name="home",
-            host="pop.example.org",
-            user="alice",
-            port=995,
-            tls="implicit",
-            deliver=DeliverySpec("maildir", Path("/nonexistent")),
-        ),
+        ACCOUNT,
         keep=draw(st.booleans()),
         delete_after_days=draw(st.sampled_from([None, None, 0, 30])),
         max_size=draw(st.sampled_from([None, 2000])),
@@ -266,17 +267,10 @@ def test_nothing_new_takes_no_message_objects() -> None:
     from two strings compared, and no list of keys is split out."""
     listing = [(n, f"{n:08x}abcd") for n in range(1, 2001)]
     with tempfile.TemporaryDirectory() as tmp, SeenStore(Path(tmp) / "s.sqlite3") as store:
-        mailbox = store.mailbox_id("h", 995, "u")
+        mailbox = store.mailbox_id("pop.example.org", 995, "alice")
         assert mailbox is not None
         store.record(mailbox, [u for _, u in listing], now=NOW - DAY)
-        base = Account(
-            name="home",
-            host="h",
-            user="u",
-            port=995,
-            tls="implicit",
-            deliver=DeliverySpec("maildir", Path("/nonexistent")),
-        )
+        base = ACCOUNT
         for account in (base, dataclasses.replace(base, delete_after_days=30)):
             known = read_known(store, mailbox, account, now=NOW)
             drop = wire(listing, {n: 10 for n, _ in listing})
