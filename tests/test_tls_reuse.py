@@ -104,3 +104,21 @@ def test_pinned_sessions_resume_and_the_pin_is_checked_each_time(mailbox: Doveco
         assert [session(right, mailbox.password) for _ in range(2)] == [False, True]
         with pytest.raises(TLSError, match="does not match tls_fingerprint"):
             connect(wrong, lambda: mailbox.password)  # never with the right pin's session
+
+
+def test_a_changed_ca_file_makes_a_new_context(mailbox: DovecotUser, tmp_path: Path) -> None:
+    """``sync --every`` keeps its TLS cache from round to round: a CA file
+    rewritten since is read again, and what was resumed under the old one is not."""
+    ca = tmp_path / "ca.pem"
+    ca.write_bytes(mailbox.dovecot.ca_file.read_bytes())
+    acct = account(mailbox, ca_file=ca)
+    with reusing_tls() as reuse:
+        first = make_ssl_context(ca)
+        assert [session(acct, mailbox.password) for _ in range(2)] == [False, True]
+        assert make_ssl_context(ca) is first
+        ca.write_bytes(ca.read_bytes() + b"\n")  # the same CA, but the file changed
+        second = make_ssl_context(ca)
+        assert second is not first and make_ssl_context(ca) is second
+        assert session(acct, mailbox.password) is False  # nothing resumed across it
+        assert session(acct, mailbox.password) is True
+        assert len(reuse) == 1

@@ -76,26 +76,22 @@ def sync(
     opened: list[SeenStore] = []  # the seen-store, once open: every round's
 
     def once(signals: Signals) -> int:
-        from fetchpop.pop3.transport import reusing_tls
-
         selected = env.load_config().select(accounts)
         line = StatusLine(env)  # one for the round: with --jobs, the bars share it
-        # One seen-store connection serves every account in every job (and,
-        # with --every, every round); one TLS cache (contexts, sessions) the
-        # round's.
+        # One seen-store connection serves every account in every job, and
+        # with --every every round, as one TLS cache does (see run).
         if not opened:
             opened.append(env.open_store())
         store = opened[0]
-        with reusing_tls():
 
-            def one(account: Account) -> tuple[int, dict[str, Any]]:
-                signals.check()
-                return sync_one(env, account, wait, signals, accept_new_uidls, line, store)
+        def one(account: Account) -> tuple[int, dict[str, Any]]:
+            signals.check()
+            return sync_one(env, account, wait, signals, accept_new_uidls, line, store)
 
-            if jobs > 1 and len(selected) > 1:
-                results = _in_jobs(selected, one, jobs)
-            else:
-                results = [one(account) for account in selected]
+        if jobs > 1 and len(selected) > 1:
+            results = _in_jobs(selected, one, jobs)
+        else:
+            results = [one(account) for account in selected]
         if as_json:
             env.print_json({"accounts": [r for _, r in results]})
         if signals.received is not None:
@@ -103,12 +99,17 @@ def sync(
         return combine([c for c, _ in results])
 
     def run() -> int:
+        from fetchpop.pop3.transport import reusing_tls
+
         signals = Signals(env)
         signals.install()
         try:
-            if interval is None:
-                return once(signals)
-            return _every(env, interval, signals, once)
+            # SSL contexts (CAs read once, again when their files change) and
+            # each server's last TLS session, resumed by the next connection.
+            with reusing_tls():
+                if interval is None:
+                    return once(signals)
+                return _every(env, interval, signals, once)
         finally:
             for store in opened:
                 store.close()

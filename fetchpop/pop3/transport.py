@@ -158,23 +158,34 @@ class TLSReuse:
     5077): no certificate chain, no signature, on either side. Only a
     session whose handshake verified (CA and host name, or the pin) is kept,
     and only for the same context, host, port and pin; the pin is compared
-    again on every connection, resumed or not."""
+    again on every connection, resumed or not. A context is made anew when
+    the files it trusts have changed (their stat), and the sessions of the
+    old one go with it: a CA added or removed counts from the next
+    connection on."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._contexts: dict[tuple[object, ...], ssl.SSLContext] = {}
+        self._contexts: dict[tuple[object, ...], tuple[object, ssl.SSLContext]] = {}
         self._sessions: dict[tuple[object, ...], ssl.SSLSession] = {}
 
     def context(
-        self, key: tuple[object, ...], make: Callable[[], ssl.SSLContext]
+        self, key: tuple[object, ...], stamp: object, make: Callable[[], ssl.SSLContext]
     ) -> ssl.SSLContext:
-        """The context for *key*, made by *make* the first time."""
+        """The context for *key*, made by *make* the first time and whenever
+        *stamp* (what its CA files' stat said) has changed since."""
         with self._lock:
-            context = self._contexts.get(key)
-        if context is None:
-            context = make()  # outside the lock: reading CAs takes a while
-            with self._lock:
-                context = self._contexts.setdefault(key, context)
+            known = self._contexts.get(key)
+        if known is not None and known[0] == stamp:
+            return known[1]
+        context = make()  # outside the lock: reading CAs takes a while
+        with self._lock:
+            old = self._contexts.get(key)
+            if old is not None and old[0] == stamp:
+                return old[1]  # (another thread made it meanwhile)
+            self._contexts[key] = (stamp, context)
+            if old is not None:
+                gone = id(old[1])
+                self._sessions = {k: v for k, v in self._sessions.items() if k[0] != gone}
         return context
 
     def session(self, key: tuple[object, ...]) -> ssl.SSLSession | None:
@@ -198,14 +209,27 @@ _reuse: TLSReuse | None = None
 @contextlib.contextmanager
 def reusing_tls() -> Iterator[TLSReuse]:
     """Within this, TLS contexts and sessions are shared (:class:`TLSReuse`),
-    by every thread: one run's connections. A run that keeps going (``sync
-    --every``) opens it once a round, so a changed CA file is read anew."""
+    by every thread: one run's connections, every round of ``sync --every``."""
     global _reuse
     outer, _reuse = _reuse, TLSReuse()
     try:
         yield _reuse
     finally:
         _reuse = outer
+
+
+def _trust_stamp(ca_file: Path | None) -> tuple[object, ...]:
+    """What says whether the CA files a context read have changed: the stat
+    of *ca_file* and of the system's CA file and directory."""
+    paths = ssl.get_default_verify_paths()
+    stamp: list[object] = []
+    for path in (ca_file, paths.cafile, paths.capath):
+        try:
+            st = os.stat(path) if path else None
+        except OSError:
+            st = None
+        stamp.append(None if st is None else (st.st_ino, st.st_size, st.st_mtime_ns))
+    return tuple(stamp)
 
 
 def make_ssl_context(
@@ -228,7 +252,8 @@ def make_ssl_context(
     reuse = _reuse
     if reuse is not None:
         key = (str(ca_file) if ca_file else None, bool(pinned), whole_store)
-        return reuse.context(key, lambda: _new_context(ca_file, pinned, whole_store))
+        stamp = () if pinned else _trust_stamp(ca_file)  # (a pin reads no CA)
+        return reuse.context(key, stamp, lambda: _new_context(ca_file, pinned, whole_store))
     return _new_context(ca_file, pinned, whole_store)
 
 
