@@ -403,3 +403,35 @@ def test_accounts_sharing_a_mailbox_do_not_lock_each_other_out(
     for _ in range(3):
         result, _report = _sync(home)
         assert result.code == 0 and result.stderr == "", result
+
+
+def test_accounts_sharing_an_mbox_append_one_after_the_other(
+    boxes: list[DovecotUser], home: Home, tmp_path: Path
+) -> None:
+    """Eight accounts of eight servers' mailboxes, one mbox (``/var/mail/alice``
+    style), plain ``sync`` (4 jobs by default): an mbox's locks do not keep two
+    threads of one process apart, so those accounts go one after the other.
+    Every message arrives once and whole."""
+    import mailbox
+
+    mbox = tmp_path / "inbox.mbox"
+    sent: list[bytes] = []
+    config = []
+    for i, box in enumerate(boxes[:8]):
+        msgs = _msgs(f"mbox{i}", 30)
+        box.dovecot.add_messages(box.user, msgs)
+        sent += msgs
+        config.append(_account(_name(i), box, tmp_path, deliver=f"mbox:{mbox}"))
+    home.write_config("".join(config))
+    result = home.run("sync")
+    assert result.code == 0 and result.stderr == "", result
+    box = mailbox.mbox(mbox, create=False)
+    try:
+        got = [m.as_bytes().replace(b"\r\n", b"\n") for m in box]
+    finally:
+        box.close()
+    subjects = sorted(m.split(b"\n", 1)[0] for m in got)
+    assert subjects == sorted(m.split(b"\n", 1)[0] for m in sent)
+    for message in got:  # whole: its own header and body, nothing of another's
+        tag = message.split(b"\n", 1)[0].removeprefix(b"Subject: ")
+        assert message.rstrip(b"\n").endswith(b"body of " + tag), message

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -122,14 +123,35 @@ def _in_jobs(
 ) -> list[_Outcome]:
     """*one* for each account, up to *jobs* at a time, the results in order.
 
-    Accounts of one mailbox go one after the other, in one job: they take
-    its lock in turn, where side by side all but one would find it taken.
+    Accounts that share a mailbox, or an mbox file to deliver to, go one
+    after the other, in one job. A mailbox's lock is taken in turn, where
+    side by side all but one would find it taken; an mbox's locks (fcntl,
+    and a dot-lock that names the process) do not keep two threads of one
+    process apart, so two jobs appending to it at once could interleave
+    their messages, or one cut back what the other wrote.
     """
     from concurrent.futures import ThreadPoolExecutor
 
-    groups: dict[tuple[str, int, str], list[int]] = {}
+    # Accounts joined by what they share (union-find over the shared things).
+    parent = list(range(len(selected)))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    first: dict[object, int] = {}
     for i, account in enumerate(selected):
-        groups.setdefault(account.mailbox, []).append(i)
+        shared: list[object] = [("mailbox", account.mailbox)]
+        if account.deliver.kind == "mbox" and account.deliver.path is not None:
+            shared.append(("mbox", os.path.realpath(account.deliver.path)))
+        for thing in shared:
+            j = first.setdefault(thing, i)
+            parent[root(i)] = root(j)
+    groups: dict[int, list[int]] = {}
+    for i in range(len(selected)):
+        groups.setdefault(root(i), []).append(i)
     results: dict[int, _Outcome] = {}
 
     def run(indices: list[int]) -> None:
@@ -288,6 +310,7 @@ def check(accounts: tuple[str, ...], as_json: bool) -> None:
                     known_by_account.get(account.name, Known()),
                     env.password_source(account),
                     log=transcript(env, account.name),
+                    now=env.clock(),
                 )
             except FetchpopError as exc:
                 env.error(f"{account.name}: {one_line(exc)}")

@@ -59,10 +59,13 @@ class Lines(Sequence[bytes]):
 
     @classmethod
     def of(cls, lines: Sequence[bytes]) -> Lines:
-        """The lines given (none of them holding a line feed)."""
+        """The lines given (none of them may hold a line feed)."""
+        if any(b"\n" in line for line in lines):
+            raise ValueError("a line of a listing holds a line feed")
         return cls([b"".join(line + b"\n" for line in lines)] if lines else [], len(lines))
 
     def add(self, lines: Sequence[bytes]) -> None:
+        """Append *lines*, none of which holds a line feed (the protocol split them there)."""
         if lines:
             self.blocks.append(b"\n".join(lines) + b"\n")
             self._count += len(lines)

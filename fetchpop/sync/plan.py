@@ -127,6 +127,7 @@ class Maildrop(Sequence[ServerMessage]):
     def __getitem__(self, index: int | slice) -> ServerMessage | list[ServerMessage]:
         if isinstance(index, slice):
             return [self[i] for i in range(len(self))[index]]
+        index = range(len(self))[index]  # (a negative one counted from the end)
         keys = self.keys()
         return ServerMessage(
             self.numbers[index], keys[index], self.octets[index], self._shared.get(index)
