@@ -16,11 +16,11 @@ import tempfile
 from collections.abc import Collection
 from pathlib import Path
 
+import test_plan
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fetchpop.config import Account
-from fetchpop.deliver import DeliverySpec
 from fetchpop.errors import ProtocolError
 from fetchpop.pop3.listings import parse_sizes, parse_uidls
 from fetchpop.seenstore import SeenStore
@@ -37,14 +37,7 @@ from fetchpop.sync.plan import (
 )
 
 NOW = 1_800_000_000.0
-ACCOUNT = Account(
-    name="home",
-    host="pop.example.org",
-    user="alice",
-    port=995,
-    tls="implicit",
-    deliver=DeliverySpec("maildir", Path("/nonexistent")),
-)
+ACCOUNT = test_plan.account()
 
 
 # -- the oracle: the plan of before, message by message ---------------------------

@@ -62,11 +62,12 @@ def demo(directory: Path | None) -> None:
             signals = Signals()
             signals.install()
             (account,) = demo_env.load_config().select(["demo"])
-            code, _ = sync_one(demo_env, account, 0.0, signals, False)
-            if code:
-                return code
-            print("Running it again: nothing new, so nothing is fetched.", file=out, flush=True)
-            code, _ = sync_one(demo_env, account, 0.0, signals, False)
+            with demo_env.open_store() as store:
+                code, _ = sync_one(demo_env, account, store, 0.0, signals, False)
+                if code:
+                    return code
+                print("Running it again: nothing new, so nothing is fetched.", file=out, flush=True)
+                code, _ = sync_one(demo_env, account, store, 0.0, signals, False)
         files = sorted((mail / "new").iterdir())
         print(f"\n{len(files)} messages are now in the Maildir {mail}:", file=out)
         for path in files:

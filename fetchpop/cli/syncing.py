@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import os
 import time
@@ -87,7 +86,7 @@ def sync(
 
         def one(account: Account) -> tuple[int, dict[str, Any]]:
             signals.check()
-            return sync_one(env, account, wait, signals, accept_new_uidls, line, store)
+            return sync_one(env, account, store, wait, signals, accept_new_uidls, line)
 
         if jobs > 1 and len(selected) > 1:
             results = _in_jobs(selected, one, jobs)
@@ -202,14 +201,14 @@ def _interval(text: str) -> float:
 def sync_one(
     env: Environment,
     account: Account,
+    store: SeenStore,
     wait: float,
     signals: Signals,
     accept_new_uidls: bool,
     line: StatusLine | None = None,
-    store: SeenStore | None = None,
 ) -> tuple[int, dict[str, Any]]:
-    """Sync one account (in *store*, else a seen-store connection of its
-    own), and say how it went: its status, and its ``--json`` report."""
+    """Sync one account, recording in *store* (which may serve other jobs at
+    the same time), and say how it went: its status, and its ``--json`` report."""
     from fetchpop.sync import run_account
 
     line = line or StatusLine(env)
@@ -227,23 +226,22 @@ def sync_one(
         return password()
 
     try:
-        with contextlib.nullcontext(store) if store else env.open_store() as opened:
-            outcome = run_account(
-                account,
-                opened,
-                env.state_dir(),
-                asked,
-                wait=wait,
-                log=transcript(env, account.name, line),
-                progress=bar if line.enabled else None,
-                checkpoint=signals.check,
-                accept_new_uidls=accept_new_uidls,
-                on_message=message_hook(env, account.name, bar),
-                # the totals: what each session is about to fetch
-                on_plan=bar.plan if line.enabled else None,
-                target_secret=env.target_secret(account),
-                now=env.clock,
-            )
+        outcome = run_account(
+            account,
+            store,
+            env.state_dir(),
+            asked,
+            wait=wait,
+            log=transcript(env, account.name, line),
+            progress=bar if line.enabled else None,
+            checkpoint=signals.check,
+            accept_new_uidls=accept_new_uidls,
+            on_message=message_hook(env, account.name, bar),
+            # the totals: what each session is about to fetch
+            on_plan=bar.plan if line.enabled else None,
+            target_secret=env.target_secret(account),
+            now=env.clock,
+        )
     finally:
         bar.done()  # wiped before any line is printed, even on a second Ctrl-C
     with line.above():

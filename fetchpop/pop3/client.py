@@ -464,8 +464,7 @@ class Client:
         The unique ids are data, exact (a match must be exact): whoever shows
         one sanitises it.
         """
-        listing = self._parse_uidl(self._listing("UIDL"))
-        return list(zip(listing.numbers, listing.ids(), strict=True))
+        return self._parse_uidl(self._listing("UIDL")).pairs()
 
     def _parse_uidl(self, result: Listing | Reply) -> UIDLs:
         if isinstance(result, Reply):

@@ -19,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 import operator
 from array import array
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import TypeAlias, overload
 
 from fetchpop.errors import ProtocolError, sanitize
@@ -114,8 +114,7 @@ def parse_capa(lines: Sequence[bytes]) -> Capabilities:
 
 def parse_uidl(lines: Sequence[bytes]) -> list[tuple[int, str]]:
     """UIDL's lines as (message number, unique id), in listing order."""
-    listing = parse_uidls(lines)
-    return list(zip(listing.numbers, listing.ids(), strict=True))
+    return parse_uidls(lines).pairs()
 
 
 def parse_list(lines: Sequence[bytes]) -> dict[int, int]:
@@ -127,20 +126,14 @@ def parse_uidls(lines: Sequence[bytes]) -> UIDLs:
     """UIDL's lines, compact (see :class:`UIDLs`)."""
     _check_count(lines, "UIDL")
     fast = _uidl_fast(lines)
-    if fast is not None:
-        return fast
-    pairs = _uidl_by_line(lines)
-    return UIDLs(_compact([n for n, _ in pairs]), "\n".join(u for _, u in pairs))
+    return fast if fast is not None else UIDLs.of(_uidl_by_line(lines))
 
 
 def parse_sizes(lines: Sequence[bytes]) -> Sizes:
     """LIST's lines, compact (see :class:`Sizes`)."""
     _check_count(lines, "LIST")
     fast = _sizes_fast(lines)
-    if fast is not None:
-        return fast
-    sizes = _sizes_by_line(lines)
-    return Sizes(_compact(list(sizes)), array("q", sizes.values()))
+    return fast if fast is not None else Sizes.of(_sizes_by_line(lines))
 
 
 #: Message numbers in listing order: the usual 1, 2, ... n as a range (no
@@ -157,12 +150,21 @@ class UIDLs:
     numbers: Numbers
     text: str
 
+    @classmethod
+    def of(cls, pairs: Sequence[tuple[int, str]]) -> UIDLs:
+        """(number, unique id) pairs, in listing order (no id holding a line feed)."""
+        return cls(_compact([n for n, _ in pairs]), "\n".join(u for _, u in pairs))
+
     def __len__(self) -> int:
         return len(self.numbers)
 
     def ids(self) -> list[str]:
         """The unique ids, in listing order."""
         return self.text.split("\n") if self.numbers else []
+
+    def pairs(self) -> list[tuple[int, str]]:
+        """(message number, unique id), in listing order."""
+        return list(zip(self.numbers, self.ids(), strict=True))
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -173,9 +175,14 @@ class Sizes:
     octets: array[int]
 
     @classmethod
+    def of(cls, sizes: Mapping[int, int]) -> Sizes:
+        """Message number -> size, in listing order."""
+        return cls(_compact(list(sizes)), array("q", sizes.values()))
+
+    @classmethod
     def none(cls) -> Sizes:
         """The sizes of an empty maildrop."""
-        return cls(range(1, 1), array("q"))
+        return cls.of({})
 
     def mapping(self) -> dict[int, int]:
         """Message number -> size (a number listed twice: its last size)."""
@@ -189,11 +196,15 @@ def same_numbers(a: Numbers, b: Numbers) -> bool:
     return len(a) == len(b) and array("q", a) == array("q", b)
 
 
-def _compact(numbers: list[int]) -> Numbers:
+def _compact(numbers: Sequence[int], ascending: bool | None = None) -> Numbers:
+    """*numbers* as a range when they are 1..n (*ascending*: whether they are
+    known to be strictly ascending), else as an array."""
     n = len(numbers)
-    if not n or (numbers[0] == 1 and numbers[-1] == n and _ascending(numbers)):
+    if ascending is None:
+        ascending = _ascending(numbers)
+    if not n or (ascending and numbers[0] == 1 and numbers[-1] == n):
         return range(1, n + 1)  # strictly ascending from 1 to n, n of them: 1..n
-    return array("q", numbers)
+    return numbers if isinstance(numbers, array) else array("q", numbers)
 
 
 def _ascending(numbers: Sequence[int]) -> bool:
@@ -283,9 +294,7 @@ def _uidl_fast(lines: Sequence[bytes]) -> UIDLs | None:
         pieces.append("\n".join(words[1::2]))
     if not numbers or (not ascending and len(set(numbers)) != len(numbers)):
         return None
-    n = len(numbers)
-    compact: Numbers = range(1, n + 1) if ascending and numbers[-1] == n else numbers
-    return UIDLs(compact, "\n".join(pieces))
+    return UIDLs(_compact(numbers, ascending), "\n".join(pieces))
 
 
 def _uidl_by_line(lines: Sequence[bytes]) -> list[tuple[int, str]]:
@@ -326,12 +335,7 @@ def _sizes_fast(lines: Sequence[bytes]) -> Sizes | None:
             return None
         numbers.extend(chunk_numbers)
         octets.extend(chunk_octets)
-    if not numbers:
-        return None
-    n = len(numbers)
-    if numbers[0] == 1 and numbers[-1] == n and _ascending(numbers):
-        return Sizes(range(1, n + 1), octets)
-    return Sizes(numbers, octets)
+    return Sizes(_compact(numbers), octets) if numbers else None
 
 
 def _sizes_by_line(lines: Sequence[bytes]) -> dict[int, int]:

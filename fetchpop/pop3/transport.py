@@ -337,14 +337,22 @@ class Transport:
     """A connected socket (plain or TLS) with the bounds on waiting at the top.
 
     *stop* replaces the process's stop check (:func:`set_stop_check`) for
-    this connection.
+    this connection. *port* (0: none, a unix socket) tells TLS sessions of
+    one host apart (see TLSReuse).
     """
 
     def __init__(
-        self, sock: socket.socket, host: str, timeout: float, *, stop: StopCheck | None = None
+        self,
+        sock: socket.socket,
+        host: str,
+        timeout: float,
+        *,
+        stop: StopCheck | None = None,
+        port: int = 0,
     ) -> None:
         self._sock = sock
         self.host = host
+        self.port = port
         self.timeout = timeout
         self._eof = False
         self._stop = stop
@@ -358,7 +366,6 @@ class Transport:
         self._window: float | None = None
         self._window_bytes = 0
         self._message = False  # a RETR or TOP reply is on its way
-        self.port = 0  # (set by connect)
         # Where this connection's verified TLS session is kept for the next
         # one (see TLSReuse), once it has one.
         self._resume: tuple[TLSReuse, tuple[object, ...]] | None = None
@@ -388,8 +395,7 @@ class Transport:
             raise NoHostError(f"host name {host} does not resolve") from exc
         last: OSError | None = None
         for family, kind, proto, _, addr in infos:
-            transport = cls(socket.socket(family, kind, proto), host, timeout)
-            transport.port = port
+            transport = cls(socket.socket(family, kind, proto), host, timeout, port=port)
             try:
                 transport._connect(addr)
             except OSError as exc:

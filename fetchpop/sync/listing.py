@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Collection
 
 from fetchpop.config import Account
 from fetchpop.errors import PipeliningLostError
@@ -82,14 +81,13 @@ def mark_seen(
         box = store.mailbox_id(*account.mailbox, create=False)
         lock_step = box is not None and lock_step_lately(store, box)
     messages = list_server(account, password, log=log, pipelining=not lock_step)
-    seen: Collection[str] = ()
+    seen = Seen.of({})
     mailbox = None
     if store is not None:
         mailbox = store.mailbox_id(*account.mailbox)
         assert mailbox is not None
         seen = Seen.read(store, mailbox)
-    new = [] if isinstance(seen, Seen) and seen.matches(messages) else messages.keys()
-    new = [key for key in new if key not in seen]
+    new = [] if seen.matches(messages) else [k for k in messages.store_keys() if k not in seen]
     if store is not None and mailbox is not None:
         store.record(mailbox, new, delivered=False)
         store.sync()

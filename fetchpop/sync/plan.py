@@ -90,9 +90,7 @@ def merge_listings(
 ) -> tuple[list[ServerMessage], int]:
     """UIDL and LIST merged, as (number, uid) pairs and number -> size; repeated
     UIDLs get distinct keys. Returns (messages, repeats)."""
-    numbers = array("q", (n for n, _ in listing))
-    uidls = UIDLs(numbers, "\n".join(u for _, u in listing))
-    drop = maildrop(uidls, Sizes(array("q", sizes), array("q", sizes.values())))
+    drop = maildrop(UIDLs.of(listing), Sizes.of(sizes))
     return list(drop), drop.repeats
 
 
@@ -128,27 +126,27 @@ class Maildrop(Sequence[ServerMessage]):
         if isinstance(index, slice):
             return [self[i] for i in range(len(self))[index]]
         index = range(len(self))[index]  # (a negative one counted from the end)
-        keys = self.keys()
+        keys = self.store_keys()
         return ServerMessage(
             self.numbers[index], keys[index], self.octets[index], self._shared.get(index)
         )
 
     def __iter__(self) -> Iterator[ServerMessage]:
-        keys, shared = self.keys(), self._shared
+        keys, shared = self.store_keys(), self._shared
         for i, (number, key, size) in enumerate(zip(self.numbers, keys, self.octets, strict=True)):
             yield ServerMessage(number, key, size, shared.get(i) if shared else None)
 
     @property
     def repeats(self) -> int:
         """How many messages carry a UIDL an earlier one has."""
-        self.keys()
+        self.store_keys()
         return self._repeats
 
     def ids(self) -> list[str]:
         """The server's UIDLs, in listing order."""
         return self.text.split("\n") if self.numbers else []
 
-    def keys(self) -> list[str]:
+    def store_keys(self) -> list[str]:
         """The store keys, in listing order: the UIDL, or "UIDL\\n#n" for the
         n-th message carrying it (a UIDL comes from one line of the listing,
         so it can never hold a line feed: such a key cannot collide with a
@@ -179,7 +177,7 @@ class Maildrop(Sequence[ServerMessage]):
                 self._padded = f"\n{self.text}\n"
             return f"\n{key}\n" in self._padded
         if self._keyset is None:
-            self._keyset = frozenset(self.keys())
+            self._keyset = frozenset(self.store_keys())
         return key in self._keyset
 
 
@@ -211,8 +209,12 @@ class Seen(Collection[str]):
     @classmethod
     def of(cls, times: Mapping[str, float]) -> Seen:
         """Records given as key -> first-seen time."""
-        text = None if any("\n" in key for key in times) else "\n".join(sorted(times))
-        return cls(len(times), text, dict(times), frozenset(times))
+        return cls._of_keys(times, dict(times))
+
+    @classmethod
+    def _of_keys(cls, keys: Collection[str], first: Mapping[str, float]) -> Seen:
+        text = None if any("\n" in key for key in keys) else "\n".join(sorted(keys))
+        return cls(len(keys), text, first, frozenset(keys))
 
     @classmethod
     def read(
@@ -270,10 +272,8 @@ class Seen(Collection[str]):
 
     def without(self, keys: Collection[str]) -> Seen:
         """These records but *keys*."""
-        kept = {key: self._first.get(key) for key in self if key not in keys}
-        first = {key: t for key, t in kept.items() if t is not None}
-        text = None if any("\n" in key for key in kept) else "\n".join(sorted(kept))
-        return Seen(len(kept), text, first, frozenset(kept))
+        first = {key: t for key, t in self._first.items() if key not in keys}
+        return Seen._of_keys([key for key in self if key not in keys], first)
 
 
 @dataclasses.dataclass(frozen=True)
