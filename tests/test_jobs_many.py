@@ -334,15 +334,6 @@ def test_each_failure_has_its_own_line_under_jobs(home: Home) -> None:
 # ------------------------------------------ several accounts, one mailbox --
 
 
-@pytest.fixture
-def one_mailbox(dovecot: Dovecot) -> Iterator[DovecotUser]:
-    box = dovecot.new_mailbox("same")
-    try:
-        yield box
-    finally:
-        dovecot.remove_user(box.user)
-
-
 def _same_mailbox_config(home: Home, box: DovecotUser, tmp_path: Path, n: int) -> list[Path]:
     """*n* accounts on *box* (same host, port and user), each with its own Maildir."""
     targets = [tmp_path / f"Same{k}" for k in range(n)]
@@ -356,16 +347,16 @@ def _all_delivered(targets: Iterable[Path]) -> list[bytes]:
 
 
 def test_accounts_sharing_a_mailbox_get_its_mail_once(
-    one_mailbox: DovecotUser, home: Home, tmp_path: Path
+    mailbox: DovecotUser, home: Home, tmp_path: Path
 ) -> None:
     """Six accounts naming one mailbox (the config allows it; the seen-store and
     the lock are the mailbox's): under --jobs its mail arrives once in all,
     not once per account, run after run. With --wait they take turns, and the
     run is clean."""
-    dc = one_mailbox.dovecot
+    dc = mailbox.dovecot
     sent = _msgs("same", 8)
-    dc.add_messages(one_mailbox.user, sent)
-    targets = _same_mailbox_config(home, one_mailbox, tmp_path, 6)
+    dc.add_messages(mailbox.user, sent)
+    targets = _same_mailbox_config(home, mailbox, tmp_path, 6)
     for round_ in range(3):
         result, report = _sync(home)
         assert sorted(report) == [f"s{k}" for k in range(6)]
@@ -379,27 +370,27 @@ def test_accounts_sharing_a_mailbox_get_its_mail_once(
             8 if round_ == 0 else 0
         )
         assert _all_delivered(targets) == sorted(sent)
-    assert _seen(home) == {(dc.tls_port, one_mailbox.user): sorted(dc.uidls(one_mailbox.user))}
+    assert _seen(home) == {(dc.tls_port, mailbox.user): sorted(dc.uidls(mailbox.user))}
 
     more = _msgs("same", 2, start=8)
-    dc.add_messages(one_mailbox.user, more)
+    dc.add_messages(mailbox.user, more)
     waited, report = _sync(home, "--wait", "30")
     assert waited.code == 0 and waited.stderr == "", waited
     assert sorted(entry["fetched"] for entry in report.values()) == [0, 0, 0, 0, 0, 2]
     assert _all_delivered(targets) == sorted(sent + more)
-    assert _seen(home) == {(dc.tls_port, one_mailbox.user): sorted(dc.uidls(one_mailbox.user))}
+    assert _seen(home) == {(dc.tls_port, mailbox.user): sorted(dc.uidls(mailbox.user))}
     sequential = home.run("sync")  # one after another, as without --jobs: clean too
     assert sequential.code == 0 and sequential.stderr == "", sequential
     assert _all_delivered(targets) == sorted(sent + more)
 
 
 def test_accounts_sharing_a_mailbox_do_not_lock_each_other_out(
-    one_mailbox: DovecotUser, home: Home, tmp_path: Path
+    mailbox: DovecotUser, home: Home, tmp_path: Path
 ) -> None:
     """What a user of the config above expects of ``sync --jobs``: what plain
     ``sync`` does, a clean run."""
-    one_mailbox.dovecot.add_messages(one_mailbox.user, _msgs("same", 8))
-    _same_mailbox_config(home, one_mailbox, tmp_path, 6)
+    mailbox.dovecot.add_messages(mailbox.user, _msgs("same", 8))
+    _same_mailbox_config(home, mailbox, tmp_path, 6)
     for _ in range(3):
         result, _report = _sync(home)
         assert result.code == 0 and result.stderr == "", result
